@@ -1,0 +1,273 @@
+"""`python -m speedsign SUBCOMMAND`: everything the dashboard does, from a terminal.
+
+With --json the last line on stdout is one JSON object. Bad input exits 2 with a one-line
+message on stderr and no traceback (DESIGN.md section 4). A background job of the
+dashboard is this command line too (`speedsign train ... --json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from speedsign.config import APPROACHES, AUGMENTS, OPTIMIZERS, PRESETS, SCHEDULES, resolve_config
+from speedsign.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"speedsign: error: {message} (see python -m speedsign {self.prog.split()[-1]} --help)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def emit(result: dict[str, Any], *, as_json: bool, text: str) -> None:
+    print(json.dumps(result, sort_keys=False) if as_json else text, flush=True)
+
+
+# ---------------------------------------------------------------- train
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--approach", required=True, choices=APPROACHES)
+    parser.add_argument("--data", required=True, type=Path, help="data folder (see README: layouts)")
+    parser.add_argument("--preset", default="fast", choices=PRESETS)
+    parser.add_argument("--epochs", type=_int)
+    parser.add_argument("--img-size", type=_int)
+    parser.add_argument("--batch-size", type=_int)
+    parser.add_argument("--lr", type=_finite_float)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS)
+    parser.add_argument("--schedule", choices=SCHEDULES)
+    parser.add_argument("--momentum", type=_finite_float)
+    parser.add_argument("--weight-decay", type=_finite_float)
+    parser.add_argument("--label-smoothing", type=_finite_float)
+    parser.add_argument("--patience", type=_int, help="early stopping after N epochs without progress")
+    parser.add_argument("--augment", choices=AUGMENTS)
+    parser.add_argument("--val-fraction", type=_finite_float)
+    parser.add_argument("--seed", type=_int)
+    parser.add_argument("--weights", help="imagenet, a weights file, or run:ID (default: the preset's)")
+    parser.add_argument("--runs-dir", type=Path, default=None)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--force", action="store_true", help="train afresh even if the run is finished")
+    parser.add_argument("--background", action="store_true", help="start as a background job and return")
+    parser.add_argument("--nproc", type=_int, default=1, help="with --background: processes (GPUs) to use")
+    parser.add_argument("--json", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace):
+    overrides = {
+        "epochs": args.epochs, "img_size": args.img_size, "batch_size": args.batch_size, "lr": args.lr,
+        "optimizer": args.optimizer, "schedule": args.schedule, "momentum": args.momentum,
+        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+        "patience": args.patience, "augment": args.augment, "val_fraction": args.val_fraction,
+        "seed": args.seed, "weights": args.weights,
+    }
+    return resolve_config(approach=args.approach, preset=args.preset, overrides=overrides)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from speedsign.runner import TrainRequest, train_run
+    from speedsign.runs import default_runs_dir
+
+    request = TrainRequest(config=config_from_args(args), data_dir=args.data,
+                           runs_dir=args.runs_dir or default_runs_dir(), device=args.device, force=args.force)
+    if args.background:
+        from speedsign.jobs import launch
+
+        result = launch(request, nproc=args.nproc).to_json()
+    else:
+        result = train_run(request).to_json()
+    text = (f"{result['run_id']}: {result['state']}"
+            + (" (cached)" if result.get("cached") else "")
+            + (f", best val acc {result['best_val_acc']:.4f}" if isinstance(result.get("best_val_acc"), float) else "")
+            + (f" [{result['error']}]" if result.get("error") else "")
+            + f"\n  {result['run_dir']}")
+    emit(result, as_json=args.json, text=text)
+    return 0 if result["state"] in ("done", "queued", "running") else 1
+
+
+# ---------------------------------------------------------------- eval, predict
+
+def command_eval(args: argparse.Namespace) -> int:
+    from speedsign.predict import Predictor, evaluate_split
+
+    report, _, _ = evaluate_split(Predictor(args.run_dir), args.data, split=args.split)
+    report.pop("files", None)
+    low, high = report["accuracy_ci95"]
+    text = (f"{args.split}: accuracy {report['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}) on {report['n']} images\n"
+            + "\n".join(f"  {name:>14}  P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  n {s['support']}"
+                        for name, s in report["per_class"].items()))
+    emit(report, as_json=args.json, text=text)
+    return 0
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    from speedsign.predict import Predictor, predict_files
+
+    if args.top < 1:
+        raise UserError("--top must be at least 1")
+    entries = predict_files(Predictor(args.run_dir), args.images, top=args.top)
+    lines = []
+    for entry in entries:
+        if "error" in entry:
+            lines.append(f"{entry['image']}: error: {entry['error']}")
+        else:
+            lines.append(f"{entry['image']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"]))
+    emit({"predictions": entries}, as_json=args.json, text="\n".join(lines))
+    return 0 if all("error" not in e for e in entries) else 1
+
+
+# ---------------------------------------------------------------- data
+
+def _print_progress(label: str) -> Callable[[int, int], None]:
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{label} {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    return progress
+
+
+def command_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        from speedsign.synth import render_dataset
+
+        report = render_dataset(args.out, per_class=args.per_class, seed=args.seed, size=args.size,
+                                overwrite=args.overwrite, progress=_print_progress("rendering"))
+        result = {"out": str(report.out), "images": report.n_images, "per_class": report.per_class,
+                  "seed": report.seed, "seconds": round(report.seconds, 2)}
+        emit(result, as_json=args.json, text=f"wrote {report.n_images} images to {report.out} "
+                                             f"in {report.seconds:.1f} s")
+        return 0
+    if args.data_command == "gtsrb":
+        from speedsign.gtsrb import import_gtsrb
+
+        report = import_gtsrb(args.out, source=args.source, progress=_print_progress("importing"))
+        result = {"out": str(report.out), "images": report.n_images, "per_class": report.per_class,
+                  "skipped": report.skipped, "seconds": round(report.seconds, 2)}
+        emit(result, as_json=args.json, text=f"wrote {report.n_images} images to {report.out}")
+        return 0
+    from speedsign.data import dataset_stats
+
+    stats = dataset_stats(args.dir)
+    lines = [f"{stats['root']}: {stats['images']} images, {len(stats['classes'])} classes ({stats['layout']} layout)"]
+    for split, counts in stats["counts"].items():
+        lines.append(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                     + f"  ({stats['groups'][split]} groups)")
+    lines.append(f"  size: {stats['sizes']}  mean {stats['mean']}  std {stats['std']}")
+    lines.append(f"  unreadable: {len(stats['unreadable'])}  ignored: {len(stats['ignored'])}")
+    emit(stats, as_json=args.json, text="\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------- runs, cancel
+
+def command_runs(args: argparse.Namespace) -> int:
+    from speedsign.runs import default_runs_dir, list_runs
+
+    runs = list_runs(args.runs_dir or default_runs_dir())
+    rows = [r.to_json() for r in runs]
+    lines = [f"{r['run_id']:<36} {r['state']:<10} {r['epoch']:>3}/{r['epochs']:<3} "
+             f"{(r['best_val_acc'] if r['best_val_acc'] is not None else float('nan')):.4f}"
+             + (f"  DAMAGED: {r['damaged']}" if r["damaged"] else "") for r in rows]
+    emit({"runs": rows}, as_json=args.json, text="\n".join(lines) or "no runs yet")
+    return 0
+
+
+def command_cancel(args: argparse.Namespace) -> int:
+    from speedsign.jobs import request_cancel
+
+    if not (args.run_dir / "status.json").exists():
+        raise UserError(f"not a run folder: {args.run_dir}")
+    signalled = request_cancel(args.run_dir)
+    emit({"run_dir": str(args.run_dir), "signalled": signalled}, as_json=args.json,
+         text="cancel requested" if signalled else "no live job for this run (cancel marker left)")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="speedsign", description="Train and compare speed-limit sign classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train one approach (cached by config and data)")
+    add_train_arguments(train)
+    train.set_defaults(handler=command_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a run on a data folder's val or test split")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data", required=True, type=Path)
+    evaluate.add_argument("--split", default="val", choices=("val", "test"))
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=command_eval)
+
+    predict = sub.add_parser("predict", help="classify image files with a run's best model")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top", type=_int, default=3)
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(handler=command_predict)
+
+    data = sub.add_parser("data", help="make, import or describe a data set")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    synth = data_sub.add_parser("synth", help="render the synthetic sign set")
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--per-class", type=_int, default=200)
+    synth.add_argument("--seed", type=_int, default=0)
+    synth.add_argument("--size", type=_int, default=64)
+    synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument("--json", action="store_true")
+    gtsrb = data_sub.add_parser("gtsrb", help="import GTSRB's speed-limit classes")
+    gtsrb.add_argument("--out", required=True, type=Path)
+    gtsrb.add_argument("--source", type=Path, help="GTSRB_Final_Training_Images.zip or its extracted folder")
+    gtsrb.add_argument("--json", action="store_true")
+    stats = data_sub.add_parser("stats", help="images per class and split, sizes, mean/std, bad files")
+    stats.add_argument("dir", type=Path)
+    stats.add_argument("--json", action="store_true")
+    data.set_defaults(handler=command_data)
+
+    runs = sub.add_parser("runs", help="list runs")
+    runs.add_argument("--runs-dir", type=Path, default=None)
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=command_runs)
+
+    cancel = sub.add_parser("cancel", help="stop a background job cleanly")
+    cancel.add_argument("run_dir", type=Path)
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(handler=command_cancel)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except UserError as error:
+        print(f"speedsign: error: {str(error).splitlines()[0] if str(error) else 'bad input'}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("speedsign: interrupted", file=sys.stderr)
+        return 130

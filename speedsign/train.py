@@ -1,0 +1,380 @@
+"""The training engine: train_one_epoch, evaluate, fit (with hooks), on one or many processes.
+
+Data arrive as uint8 tensors (decoded once); batches are cut by index and augmented on the
+training device. The frozen approach trains its head on cached backbone features instead.
+Under `torchrun` the same code runs data-parallel (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+import torch.nn.functional as F
+
+from speedsign.augment import prepare_batch
+from speedsign.config import TrainConfig
+from speedsign.errors import UserError
+from speedsign.models import backbone_features, set_train_mode, trainable_parameters
+
+EVAL_BATCH = 512
+
+
+# ---------------------------------------------------------------- devices and processes
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: cuda, then mps, then cpu. Asking for cuda on a machine without one is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is visible here (try --device auto)")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("--device mps: Apple's GPU is not available here")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"device must be auto, cpu, cuda or mps; got {name!r}")
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"CPU ({torch.get_num_threads()} threads)"
+    return device.type.upper()
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a data-parallel job (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def distributed_from_env() -> Distributed:
+    """Join the process group that torchrun describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def _all_sum(values: list[float], device: torch.device, ctx: Distributed) -> list[float]:
+    if not ctx.active:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+# ---------------------------------------------------------------- optimisation
+
+def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=False)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, *,
+                    steps_per_epoch: int) -> tuple[Any, bool]:
+    """The schedule, and whether it steps per batch (one-cycle) or per epoch."""
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma), False
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs), False
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=max(1, steps_per_epoch),
+            pct_start=0.25), True
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
+
+
+def epoch_generator(config: TrainConfig, epoch: int, *, device: torch.device, salt: int = 0) -> torch.Generator:
+    """A generator seeded by (seed, epoch): a resumed run draws exactly what it would have."""
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    generator.manual_seed(config.seed * 1_000_003 + epoch * 7919 + salt)
+    return generator
+
+
+def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None, ctx: Distributed,
+                  drop_last: bool) -> Iterator[torch.Tensor]:
+    """Index batches of one epoch; each rank takes its own slice of every global batch."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = (n // batch_size) * batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        chunk = order[start:start + batch_size]
+        if ctx.active:
+            chunk = chunk.tensor_split(ctx.world_size)[ctx.rank]
+        if len(chunk):
+            yield chunk
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    # bf16 on CUDA: twice the tensor-core rate, no loss scaling needed. fp32 elsewhere.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------- one epoch, evaluation
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One line of metrics.jsonl."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class Stopped(Exception):
+    """Raised inside an epoch when the job was asked to stop (cancel button, SIGTERM)."""
+
+
+def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
+                    prepare: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+                    optimizer: torch.optim.Optimizer, scheduler: Any, per_step: bool,
+                    batch_size: int, label_smoothing: float, order: torch.Generator,
+                    generator: torch.Generator, device: torch.device, ctx: Distributed = Distributed(),
+                    should_stop: Callable[[], bool] | None = None,
+                    on_step: Callable[[int, int], None] | None = None) -> tuple[float, float, int]:
+    """One pass over the training inputs; returns mean loss, accuracy and images seen (all ranks).
+
+    `order` shuffles (the same on every rank); `generator` draws the augmentation.
+    """
+    n = int(labels.shape[0])
+    total = math.ceil(n / batch_size)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    for step, index in enumerate(batch_indices(n, batch_size, generator=order, ctx=ctx,
+                                               drop_last=n > batch_size), start=1):
+        if should_stop is not None and should_stop():
+            raise Stopped()
+        index = index.to(inputs.device)
+        batch = prepare(inputs[index].to(device, non_blocking=True), generator)
+        target = labels[index].to(device, non_blocking=True)
+        with _autocast(device):
+            logits = module(batch)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if per_step:
+            scheduler.step()
+        # Sums stay on the device: reading them every step would synchronise a GPU.
+        loss_sum += loss.detach() * len(target)
+        correct += (logits.argmax(1) == target).sum()
+        seen += len(target)
+        if on_step is not None:
+            on_step(step, total)
+    loss_total, correct_total, seen_total = _all_sum([float(loss_sum), float(correct), float(seen)], device, ctx)
+    return loss_total / max(seen_total, 1), correct_total / max(seen_total, 1), int(seen_total)
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
+             prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+             batch_size: int = EVAL_BATCH, ctx: Distributed = Distributed()) -> tuple[float, float, np.ndarray]:
+    """Mean loss, accuracy and (on one process) the softmax probabilities of every input."""
+    was_training = module.training
+    module.eval()
+    n = int(labels.shape[0])
+    loss_sum, correct, count = 0.0, 0.0, 0
+    probabilities: list[torch.Tensor] = []
+    for index in batch_indices(n, batch_size, generator=None, ctx=ctx, drop_last=False):
+        index = index.to(inputs.device)
+        batch = prepare(inputs[index].to(device))
+        target = labels[index].to(device)
+        with _autocast(device):
+            logits = module(batch).float()
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += float((logits.argmax(1) == target).sum())
+        count += len(target)
+        probabilities.append(torch.softmax(logits, 1).cpu())
+    module.train(was_training)
+    loss_sum, correct, count = _all_sum([loss_sum, correct, float(count)], device, ctx)
+    probs = torch.cat(probabilities).numpy() if probabilities else np.zeros((0, 0), dtype=np.float32)
+    return loss_sum / max(count, 1), correct / max(count, 1), probs
+
+
+@torch.no_grad()
+def compute_features(model: nn.Module, images: torch.Tensor, *, config: TrainConfig, device: torch.device,
+                     batch_size: int = 256, on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Backbone features (N, 512) of uint8 images, backbone in eval(): what `frozen` trains on."""
+    model.eval()
+    features = []
+    total = math.ceil(len(images) / batch_size) if len(images) else 0
+    for step, start in enumerate(range(0, len(images), batch_size), start=1):
+        batch = prepare_batch(images[start:start + batch_size].to(device), config=config, train=False,
+                              channels_last=True)
+        with _autocast(device):
+            features.append(backbone_features(model, batch).float().cpu())
+        if on_batch is not None:
+            on_batch(step, total)
+    return torch.cat(features) if features else torch.zeros((0, 512))
+
+
+# ---------------------------------------------------------------- fit
+
+@dataclass
+class FitState:
+    """What a resumed run needs besides the weights."""
+
+    epoch: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """How `fit` talks to its caller: progress, checkpoints, and stop requests."""
+
+    # (record, state, is_best, snapshot): snapshot() gives the last.pt payload of this epoch
+    on_epoch_end: Callable[[EpochRecord, FitState, bool, Callable[[], dict]], None] | None = None
+    on_start: Callable[[Callable[[], dict]], None] | None = None  # snapshot before epoch 1
+    on_step: Callable[[int, int], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_phase: Callable[[str], None] | None = None  # "features", "training", ...
+
+
+@dataclass(frozen=True)
+class FitInputs:
+    """The tensors `fit` trains on: uint8 images, or backbone features for frozen."""
+
+    train_inputs: torch.Tensor
+    train_labels: torch.Tensor
+    val_inputs: torch.Tensor
+    val_labels: torch.Tensor
+    features: bool
+
+    def to(self, device: torch.device) -> "FitInputs":
+        """On a GPU the whole (small) data set lives on the device: no copies per step."""
+        return FitInputs(self.train_inputs.to(device), self.train_labels.to(device),
+                         self.val_inputs.to(device), self.val_labels.to(device), self.features)
+
+
+def fit(model: nn.Module, inputs: FitInputs, *, config: TrainConfig, device: torch.device,
+        hooks: FitHooks = FitHooks(), resume: dict[str, Any] | None = None,
+        ctx: Distributed = Distributed()) -> FitState:
+    """Train for config.epochs (or until early stopping / a stop request); returns the state.
+
+    `resume` is a last.pt payload: weights, optimizer, scheduler and FitState continue from it.
+    The caller saves checkpoints in `hooks.on_epoch_end`.
+    """
+    model.to(device)
+    if not inputs.features:
+        model.to(memory_format=torch.channels_last)
+    module: nn.Module = model.fc if inputs.features else model
+    wrapped = module
+    if ctx.active:
+        wrapped = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+    params = trainable_parameters(module)
+    if not params:
+        raise UserError("nothing to train: every parameter is frozen")
+    optimizer = build_optimizer(params, config)
+    n_train = int(inputs.train_labels.shape[0])
+    if n_train == 0:
+        raise UserError("the training split is empty (all files unreadable?)")
+    steps = max(1, n_train // config.batch_size) if n_train > config.batch_size else 1
+    scheduler, per_step = build_scheduler(optimizer, config, steps_per_epoch=steps)
+    state = FitState()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        state = FitState(**resume["fit_state"])
+
+    channels_last = not inputs.features
+
+    def snapshot() -> dict[str, Any]:
+        return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "fit_state": asdict(state)}
+
+    if resume is None and hooks.on_start is not None:
+        hooks.on_start(snapshot)
+
+    def prepare_train(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if inputs.features:
+            return batch
+        return prepare_batch(batch, config=config, train=True, generator=generator, channels_last=channels_last)
+
+    def prepare_eval(batch: torch.Tensor) -> torch.Tensor:
+        if inputs.features:
+            return batch
+        return prepare_batch(batch, config=config, train=False, channels_last=channels_last)
+
+    while state.epoch < config.epochs:
+        epoch = state.epoch + 1
+        started = time.perf_counter()
+        set_train_mode(model, approach=config.approach)
+        order = epoch_generator(config, epoch, device=torch.device("cpu"))
+        generator = epoch_generator(config, epoch, device=device, salt=1 + ctx.rank)
+        train_loss, train_acc, seen = train_one_epoch(
+            wrapped, inputs.train_inputs, inputs.train_labels, prepare=prepare_train,
+            optimizer=optimizer, scheduler=scheduler, per_step=per_step,
+            batch_size=config.batch_size, label_smoothing=config.label_smoothing,
+            order=order, generator=generator, device=device, ctx=ctx, should_stop=hooks.should_stop,
+            on_step=hooks.on_step)
+        train_seconds = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]
+        if not per_step:
+            scheduler.step()
+        val_loss, val_acc, _ = evaluate(module, inputs.val_inputs, inputs.val_labels, prepare=prepare_eval,
+                                        device=device, ctx=ctx)
+        record = EpochRecord(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+                             val_acc=val_acc, lr=lr, seconds=time.perf_counter() - started,
+                             images_per_s=seen / max(train_seconds, 1e-9))
+        is_best = val_acc > state.best_val_acc
+        state.epoch = epoch
+        state.history.append(record.to_dict())
+        if is_best:
+            state.best_val_acc, state.best_epoch, state.stale_epochs = val_acc, epoch, 0
+        else:
+            state.stale_epochs += 1
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end(record, state, is_best, snapshot)
+        if config.patience and state.stale_epochs >= config.patience:
+            break
+    return state
+

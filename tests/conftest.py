@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny generated data, local weight files, tiny real runs of each approach.
+
+Tests never download anything: pretrained backbones are local files (a random torchvision
+ResNet18 saved to disk), data are rendered synthetic signs, and heavy cases use 16-32 px
+images and one or two epochs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+GTSRB_SPEED = SHARED / "data" / "gtsrb-speed32"
+APPROACHES = ("finetune", "frozen", "scratch")
+
+# Keep the two cores for the test itself; torch's default would oversubscribe under xdist.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets the session's private cache, never the user's ~/.cache/speedsign."""
+    monkeypatch.setenv("SPEEDSIGN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic sign set (9 classes x 20 images, 32 px, tracks of 5 frames)."""
+    from speedsign.synth import render_dataset
+
+    out = tmp_path_factory.mktemp("data") / "synth"
+    render_dataset(out, per_class=20, seed=0, size=32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local torchvision-layout ResNet18 state dict: the offline stand-in for ImageNet weights."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-local.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def tiny_overrides(approach: str, weights: Path) -> dict[str, object]:
+    """Settings that train in a second or two on CPU."""
+    values: dict[str, object] = {"img_size": 16, "epochs": 2, "batch_size": 32}
+    if approach != "scratch":
+        values["weights"] = str(weights)
+    return values
+
+
+@pytest.fixture(scope="session")
+def runs_with_results(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, weights_file: Path) -> dict[str, Path]:
+    """One finished tiny run per approach in a shared runs folder: {approach: run_dir}."""
+    from speedsign.config import resolve_config
+    from speedsign.runner import TrainRequest, train_run
+
+    base = tmp_path_factory.getbasetemp()
+    os.environ.setdefault("SPEEDSIGN_CACHE", str(base / "cache"))
+    runs_dir = tmp_path_factory.mktemp("runs")
+    result: dict[str, Path] = {}
+    for approach in APPROACHES:
+        config = resolve_config(approach=approach, overrides=tiny_overrides(approach, weights_file))
+        outcome = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=runs_dir, device="cpu"))
+        assert outcome.state == "done", outcome
+        result[approach] = outcome.run_dir
+    return result
+
+
+@pytest.fixture
+def gtsrb_speed() -> Path:
+    if not GTSRB_SPEED.is_dir():
+        pytest.skip("../shared/data/gtsrb-speed32 is not here (a user's machine)")
+    return GTSRB_SPEED
