@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -101,6 +103,8 @@ def command_train(args: argparse.Namespace) -> int:
         result = launch(request, nproc=args.nproc).to_json()
     else:
         result = train_run(request).to_json()
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0  # under torchrun, rank 0 alone reports
     text = (f"{result['run_id']}: {result['state']}"
             + (" (cached)" if result.get("cached") else "")
             + (f", best val acc {result['best_val_acc']:.4f}" if isinstance(result.get("best_val_acc"), float) else "")
@@ -264,7 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        with warnings.catch_warnings():
+            # torch's weights-only unpickler warns about the pickle protocol of a file it is
+            # about to refuse; the refusal is the one line the user needs.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return int(args.handler(args))
     except UserError as error:
         print(f"speedsign: error: {str(error).splitlines()[0] if str(error) else 'bad input'}", file=sys.stderr)
         return EXIT_USAGE

@@ -110,8 +110,9 @@ def _list_class_dirs(folder: Path, root: Path, ignored: list[str]) -> dict[str, 
             continue
         path = Path(entry.path)
         # Symlinks that leave the data folder are not followed: a server folder must not
-        # become a way to read the rest of the disk.
-        if entry.is_symlink() and not _is_inside(path, root):
+        # become a way to read the rest of the disk. Checked for every class folder, not only
+        # links: a linked split folder (`train -> /elsewhere`) leads outside through a parent.
+        if not _is_inside(path, root):
             ignored.append(str(path.relative_to(root)))
             continue
         if entry.is_dir():

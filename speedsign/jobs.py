@@ -241,7 +241,7 @@ def train_arguments(request: "TrainRequest") -> list[str]:  # noqa: F821 (runner
 
 def launch(request: "TrainRequest", *, nproc: int = 1) -> Launch:  # noqa: F821
     """Start a training as a background job, unless its run is finished or already going."""
-    from speedsign.runner import is_finished, plan_run
+    from speedsign.runner import check_weights, is_finished, plan_run
 
     if nproc < 1:
         raise UserError("nproc must be at least 1")
@@ -255,6 +255,7 @@ def launch(request: "TrainRequest", *, nproc: int = 1) -> Launch:  # noqa: F821
     state, _ = effective_state(status) if status else ("", None)
     if is_locked(plan.run_dir) or state in ACTIVE_STATES:
         return Launch(plan.run_id, plan.run_dir, state or "running", False, status.get("pid"))
+    check_weights(request)  # a refused weights file is bad input, not a job that fails
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     clear_cancel(plan.run_dir)
     # The job replaces this with its own pid; the heartbeat makes a job that never starts

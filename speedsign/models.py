@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import socket
 from pathlib import Path
 from typing import Any, Mapping
@@ -212,6 +214,20 @@ def load_imagenet_state() -> dict[str, torch.Tensor]:
         raise UserError(f"{_offline_message(path)} ({type(error).__name__}: {error})") from error
 
 
+def load_refusal(error: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one short line.
+
+    torch's own text suggests retrying with weights_only=False, the one thing a file from a
+    stranger must never get; we say what was found instead.
+    """
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+        detail = re.search(r"Unsupported [^.\n]+", text)
+        what = detail.group(0).strip() if detail else "not a plain tensor pickle"
+        return f"it holds pickled Python objects, not only tensors ({what})" if "global" in what else what
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
 def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """A torchvision-layout state dict or a speedsign checkpoint, loaded without pickle code."""
     if not path.is_file():
@@ -220,7 +236,7 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses pickled code: say so, never execute it
         raise UserError(f"cannot load weights from {path}: not a plain tensor file "
-                        f"(refused by torch.load(weights_only=True): {str(error).splitlines()[0]})") from error
+                        f"(refused by torch.load(weights_only=True): {load_refusal(error)})") from error
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

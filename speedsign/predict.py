@@ -20,7 +20,7 @@ from speedsign.augment import prepare_batch
 from speedsign.config import TrainConfig, config_from_dict
 from speedsign.errors import UserError
 from speedsign.images import ImageError, load_image_tensor
-from speedsign.models import backbone_features, build_untrained
+from speedsign.models import backbone_features, build_untrained, load_refusal
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"cannot load {path}: refused by torch.load(weights_only=True) "
-                        f"({str(error).splitlines()[0]})") from error
+                        f"({load_refusal(error)})") from error
     if not isinstance(payload, dict) or not {"model", "config", "classes"} <= set(payload):
         raise UserError(f"{path} is not a speedsign checkpoint (needs model, config and classes)")
     return payload

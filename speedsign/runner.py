@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from speedsign import __version__
-from speedsign.config import TrainConfig
+from speedsign.config import TrainConfig, validate_config
 from speedsign.data import DatasetIndex, load_decoded, scan_dataset, select_splits
 from speedsign.errors import UserError
 from speedsign.jobs import (FileLock, acquire_device_slot, cancel_requested, clear_cancel, run_lock)
@@ -86,7 +86,12 @@ class TrainResult:
 def plan_run(request: TrainRequest) -> RunPlan:
     """Scan the data and name the run: same config + same data = same id (any day)."""
     config = request.config
+    validate_config(config)  # a TrainConfig built by hand has not been through resolve_config
     index = scan_dataset(request.data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    n_train = len(index.samples("train"))
+    if config.batch_size > n_train:
+        raise UserError(f"batch size {config.batch_size} is larger than the {n_train} training images: "
+                        f"use a batch size of at most {n_train}")
     identity = {"config": config.to_dict(), "data": index.fingerprint,
                 "weights": weights_fingerprint(config.weights, runs_dir=request.runs_dir)}
     digest = config_hash(identity)
@@ -94,6 +99,19 @@ def plan_run(request: TrainRequest) -> RunPlan:
     run_id = existing.name if existing else make_run_id(config.approach, digest)
     return RunPlan(run_id=run_id, run_dir=Path(request.runs_dir) / run_id, digest=digest, index=index,
                    identity=identity)
+
+
+def check_weights(request: TrainRequest) -> None:
+    """Refuse a weights file or run:ID that cannot be the backbone, before any job starts.
+
+    A file that torch.load(weights_only=True) refuses (pickled code) or of the wrong shape is
+    bad input: the command line exits 2 and no run folder is made. ImageNet weights come from
+    torchvision's hash-checked cache and are loaded by the job itself.
+    """
+    config = request.config
+    if config.approach == "scratch" or config.weights == "imagenet":
+        return
+    build_model(config, num_classes=2, backbone=resolve_weights(config.weights, runs_dir=request.runs_dir))
 
 
 def device_key(device: torch.device) -> str:
@@ -210,6 +228,16 @@ def clear_outputs(run_dir: Path) -> None:
             pass
 
 
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written files of a killed attempt (its os.replace never came), 90 MB each for last.pt.
+
+    Only the holder of the run lock writes these names, so none of them is in use now.
+    """
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "predictions_val.npz", "eval_val.json"):
+        for path in run_dir.glob(f".{name}.*.tmp"):
+            path.unlink(missing_ok=True)
+
+
 def load_resume(run_dir: Path) -> dict[str, Any] | None:
     """last.pt of an interrupted run, or None when there is nothing usable to resume."""
     path = run_dir / "last.pt"
@@ -233,6 +261,7 @@ def train_run(request: TrainRequest, *, plan: RunPlan | None = None,
     started = time.perf_counter()
     if not request.force and is_finished(plan):
         return _result_from_status(plan, cached=True)
+    check_weights(request)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     lock: FileLock | None = None
     if ctx.is_main:
@@ -259,8 +288,12 @@ def _train_locked(request: TrainRequest, plan: RunPlan, ctx: Distributed, starte
     if ctx.is_main:
         if request.force:
             clear_outputs(run_dir)
+        remove_stale_temporaries(run_dir)
         write_run_config(plan, request)
-        previous = read_status(run_dir) if (run_dir / "status.json").exists() else {}
+        try:
+            previous = read_status(run_dir)
+        except ValueError:  # truncated by a crash: this attempt writes it afresh
+            previous = {}
         queued_at = previous.get("queued_at") if previous.get("state") == "queued" else None
         queued_at = queued_at if isinstance(queued_at, (int, float)) else time.time()
         status.update(state="queued", queued_at=queued_at,
@@ -295,7 +328,9 @@ def _train_locked(request: TrainRequest, plan: RunPlan, ctx: Distributed, starte
                 pass
         log(run_dir, f"failed: {message}")
         if isinstance(error, (UserError, OSError)):
-            return _result_from_status(plan, cached=False)
+            # Not read back from status.json: on a full or read-only disk the write above
+            # may have failed, and the file would still say running.
+            return replace(_result_from_status(plan, cached=False), state="failed", error=message)
         raise
     finally:
         if status is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import socket
 import tempfile
@@ -122,7 +123,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
     try:
         data = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
         raise ValueError(f"status.json is damaged: {error}") from error
     if not isinstance(data, dict):
         raise ValueError("status.json is not an object")
@@ -255,7 +256,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise ValueError("config.json is missing")
     try:
         data = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
         raise ValueError(f"config.json is damaged: {error}") from error
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise ValueError("config.json has no config")
@@ -264,6 +265,13 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"format version {version!r} is newer than this speedsign "
                          f"understands ({FORMAT_VERSION}): upgrade speedsign")
     return data
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a file we do not trust (a newer format, a hand edit), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
 
 
 def inspect_run(run_dir: Path) -> RunInfo:
@@ -287,16 +295,18 @@ def inspect_run(run_dir: Path) -> RunInfo:
         problems.append("best.pt is missing")
     if state in ("failed", "cancelled") and status.get("epoch", 0) and not (run_dir / "last.pt").exists():
         problems.append("last.pt is missing")
-    best = status.get("best_val_acc")
+    best = _number(status.get("best_val_acc"))
     if best is None and rows:
-        best = max((r.get("val_acc", 0.0) for r in rows), default=None)
-    if reason and "error" not in status:
+        best = max((v for v in (_number(r.get("val_acc")) for r in rows) if v is not None), default=None)
+    epoch, epochs = status.get("epoch", len(rows)), config.get("epochs", 0)
+    if any(value is not None and _number(value) is None for value in (epoch, epochs)):
+        problems.append("status.json or config.json holds an epoch count that is not a number")
+    if reason and not status.get("error"):  # a live job's status holds "error": null
         status = {**status, "error": reason}
     return RunInfo(
         run_id=run_dir.name, run_dir=run_dir, approach=str(config.get("approach", "?")),
-        state=state, epoch=int(status.get("epoch", len(rows)) or 0),
-        epochs=int(config.get("epochs", 0) or 0),
-        best_val_acc=float(best) if isinstance(best, (int, float)) else None,
+        state=state, epoch=int(_number(epoch) or 0), epochs=int(_number(epochs) or 0),
+        best_val_acc=float(best) if best is not None else None,
         damaged="; ".join(problems) or None, config=meta, status=status,
     )
 

@@ -8,6 +8,7 @@ Under `torchrun` the same code runs data-parallel (DistributedDataParallel).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -111,9 +112,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, *,
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs), False
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=max(1, steps_per_epoch),
-            pct_start=0.25), True
+        # OneCycleLR divides by (warm-up steps - 1): very short runs need a floor. Never
+        # stepping past the end is fine; stepping beyond total_steps is an error.
+        total = max(10, config.epochs * max(1, steps_per_epoch))
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
+                                                   pct_start=0.25), True
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
 
 
@@ -327,9 +330,10 @@ def fit(model: nn.Module, inputs: FitInputs, *, config: TrainConfig, device: tor
     channels_last = not inputs.features
 
     def snapshot() -> dict[str, Any]:
-        return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "fit_state": asdict(state)}
+        # Copies, not views: on CPU .cpu() would alias the live weights, which keep training.
+        return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "scheduler": copy.deepcopy(scheduler.state_dict()), "fit_state": asdict(state)}
 
     if resume is None and hooks.on_start is not None:
         hooks.on_start(snapshot)

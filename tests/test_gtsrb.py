@@ -281,7 +281,11 @@ def test_download_then_import_torchvision_folder(tmp_path: Path, monkeypatch: py
 
 def test_probe_gives_up_on_a_stalled_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     """Name resolution ignores socket timeouts; the probe's own deadline still holds."""
-    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(3))
+    def stall(*args: object, **kwargs: object) -> None:
+        time.sleep(3)
+        raise OSError("stalled lookup gave up")
+
+    monkeypatch.setattr(socket, "create_connection", stall)
     started = time.perf_counter()
     with pytest.raises(TimeoutError):
         gtsrb._probe_host("example.invalid", 443, timeout=0.2)

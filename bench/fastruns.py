@@ -1,0 +1,136 @@
+"""3 and 5. Each approach trained with the `fast` preset, as a user runs it, in a child process.
+
+`python -m speedsign train --preset fast ...` with an empty cache (so decoding, and for
+frozen the feature cache, are part of the time). Measured from outside:
+
+- peak RSS of the child (`ru_maxrss` of os.wait4: that process alone);
+- the learning curve in wall-clock seconds since launch (imports, decoding and features
+  included): the parent watches metrics.jsonl and stamps each epoch as it appears;
+- its best val accuracy, and on the tutorial's val sample (from predictions_val.npz).
+
+The run folders then serve the latency benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.context import Context
+from bench.workspace import REPO, config_overrides
+
+POLL_SECONDS = 0.1
+
+
+def child_command(ctx: Context, approach: str, runs_dir: Path) -> list[str]:
+    command = [sys.executable, "-m", "speedsign", "train", "--approach", approach, "--data", str(ctx.data.root),
+               "--preset", "fast", "--runs-dir", str(runs_dir), "--device", ctx.options.device, "--force", "--json"]
+    if approach != "scratch":
+        command += ["--weights", str(ctx.backbone.path)]
+    if ctx.options.fast_epochs is not None:
+        command += ["--epochs", str(ctx.options.fast_epochs)]
+    batch = config_overrides(approach, ctx.backbone, n_train=len(ctx.data.index.samples("train"))).get("batch_size")
+    if batch is not None:
+        command += ["--batch-size", str(batch)]
+    return command
+
+
+def _maxrss_mb(usage: Any) -> float:
+    # Linux reports kilobytes, macOS bytes.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return usage.ru_maxrss * scale / 1024**2
+
+
+def run_child(ctx: Context, approach: str) -> dict[str, Any]:
+    runs_dir = ctx.work / f"runs-{approach}"
+    cache = ctx.work / f"child-cache-{approach}"
+    env = dict(os.environ, SPEEDSIGN_CACHE=str(cache))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if ctx.options.threads:
+        env["OMP_NUM_THREADS"] = str(ctx.options.threads)
+    command = child_command(ctx, approach, runs_dir)
+    out_path, err_path = ctx.work / f"child-{approach}.out", ctx.work / f"child-{approach}.err"
+    arrivals: list[float] = []
+    seen_sizes: dict[Path, int] = {}
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO, env=env)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            _stamp(runs_dir, arrivals, seen_sizes, time.perf_counter() - started)
+            if pid:
+                break
+            time.sleep(POLL_SECONDS)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    stdout = out_path.read_text(errors="replace").strip().splitlines()
+    if process.returncode != 0 or not stdout:
+        tail = err_path.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"speedsign train --approach {approach} failed ({process.returncode}): "
+                           + " | ".join(tail))
+    result = json.loads(stdout[-1])
+    run_dir = Path(result["run_dir"])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = []
+    train_clock = 0.0
+    for i, row in enumerate(rows):
+        train_clock += row["seconds"]
+        curve.append({"epoch": row["epoch"], "val_acc": row["val_acc"],
+                      "seconds": round(arrivals[i] if i < len(arrivals) else wall, 3),
+                      "train_seconds": round(train_clock, 3), "images_per_s": row["images_per_s"]})
+    return {
+        "command": " ".join(command[1:]),
+        "run_dir": str(run_dir),
+        "peak_rss_mb": round(_maxrss_mb(usage), 1),
+        "wall_s": round(wall, 2),
+        "epochs": len(rows),
+        "best_val_acc": result.get("best_val_acc"),
+        "final_val_acc": rows[-1]["val_acc"] if rows else None,
+        "curve": curve,
+        "first_epoch_start_s": round(curve[0]["seconds"] - rows[0]["seconds"], 2) if rows else None,
+    }
+
+
+def _stamp(runs_dir: Path, arrivals: list[float], seen_sizes: dict[Path, int], now: float) -> None:
+    """Record when each new metrics.jsonl line appeared (one run folder per runs_dir)."""
+    for path in runs_dir.glob("*/metrics.jsonl"):
+        try:
+            size = path.stat().st_size
+            if seen_sizes.get(path) == size:  # unchanged: no need to read it again
+                continue
+            seen_sizes[path] = size
+            lines = sum(1 for line in path.read_text().splitlines() if line.strip())
+        except OSError:
+            return
+        while len(arrivals) < lines:
+            arrivals.append(now)
+
+
+def accuracy_on(run_dir: Path, files: list[str]) -> float | None:
+    """Accuracy of the run's best model on the given val files (from predictions_val.npz)."""
+    try:
+        data = np.load(run_dir / "predictions_val.npz")
+    except OSError:
+        return None
+    wanted = set(files)
+    keep = np.array([str(name) in wanted for name in data["files"]])
+    if not keep.any():
+        return None
+    return float((data["probs"][keep].argmax(1) == data["labels"][keep]).mean())
+
+
+def measure(ctx: Context) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for approach in ctx.options.approaches:
+        results[approach] = run_child(ctx, approach)
+        entry = results[approach]
+        ctx.log(f"fast {approach}: {entry['epochs']} epochs in {entry['wall_s']} s, best val acc "
+                f"{entry['best_val_acc']:.4f}, peak RSS {entry['peak_rss_mb']} MB")
+    return results

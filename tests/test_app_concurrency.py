@@ -1,0 +1,104 @@
+"""Many sessions at once: five Classify pages render together while a real job trains.
+
+Each thread drives its own AppTest session (its own session state, like five browser tabs);
+they share the process-wide model cache (st.cache_resource), as real sessions do. A tiny
+real training runs as a background job the whole time, started the way the Train page starts
+one (`jobs.launch`), and is cancelled at the end with the page's cancel call.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from speedsign import jobs
+from speedsign.config import resolve_config
+from speedsign.runner import TrainRequest
+from speedsign.runs import effective_state, read_status
+
+APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+SESSIONS = 5
+
+
+def wait_for(predicate, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def state_of(run_dir: Path) -> str:
+    try:
+        status = read_status(run_dir)
+    except ValueError:
+        return ""
+    return effective_state(status)[0] if status else ""
+
+
+def test_five_classify_sessions_render_while_a_job_trains(
+        runs_with_results: dict[str, Path], synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for run_dir in runs_with_results.values():  # the finished models, beside the job's new run
+        (runs / run_dir.name).symlink_to(run_dir, target_is_directory=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "synth").symlink_to(synth_dir, target_is_directory=True)
+    monkeypatch.setenv("SPEEDSIGN_RUNS", str(runs))
+    monkeypatch.setenv("SPEEDSIGN_DATA", str(data))
+
+    # Enough epochs to outlast the sessions; cancelled at the end.
+    config = resolve_config(approach="scratch", overrides={"img_size": 16, "epochs": 200, "batch_size": 32,
+                                                            "seed": 7})
+    launch = jobs.launch(TrainRequest(config=config, data_dir=synth_dir, runs_dir=runs, device="cpu"))
+    assert launch.state == "queued" and launch.pid is not None
+    try:
+        wait_for(lambda: state_of(launch.run_dir) == "running", timeout=60, what="the job to start")
+        buffer = io.BytesIO()
+        Image.open(sorted((synth_dir / "train" / "speed_30").iterdir())[0]).convert("RGB").save(buffer, "PNG")
+        photo = buffer.getvalue()
+        results: dict[int, object] = {}
+        barrier = threading.Barrier(SESSIONS)
+
+        def session(number: int) -> None:
+            try:
+                at = AppTest.from_file(str(APP), default_timeout=90).run()
+                at.switch_page("app_pages/classify.py").run()
+                barrier.wait(timeout=60)  # all five classify at the same moment
+                at.file_uploader(key="classify-upload").set_value(("sign.png", photo, "image/png")).run()
+                results[number] = at
+            except BaseException as error:  # noqa: BLE001  (reported by the main thread)
+                results[number] = error
+
+        threads = [threading.Thread(target=session, args=(n,)) for n in range(SESSIONS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        assert len(results) == SESSIONS
+        for number, result in sorted(results.items()):
+            assert isinstance(result, AppTest), f"session {number}: {result!r}"
+            assert not result.exception, [e.value for e in result.exception]
+            assert not result.error, [e.value for e in result.error]
+            answers = [m for m in result.metric if m.label == "Prediction"]
+            assert len(answers) == len(runs_with_results), f"session {number}"
+        # The same photo, the same models: every session got the same answers.
+        first = [m.value for m in results[0].metric if m.label == "Prediction"]
+        assert all([m.value for m in r.metric if m.label == "Prediction"] == first for r in results.values())
+        assert state_of(launch.run_dir) == "running", "the job stopped while the sessions ran"
+    finally:
+        jobs.request_cancel(launch.run_dir)
+        try:
+            os.waitpid(launch.pid, 0)  # our child: reap it, so it does not linger as a zombie
+        except ChildProcessError:
+            pass
+    assert state_of(launch.run_dir) == "cancelled"
