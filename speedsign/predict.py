@@ -143,7 +143,7 @@ def evaluate_split(predictor: Predictor, data_dir: Path | str, *, split: str = "
     if split not in ("val", "test"):
         raise UserError(f"split must be val or test; got {split!r}")
     index = scan_dataset(data_dir, val_fraction=predictor.config.val_fraction, seed=predictor.config.seed,
-                         require_train=split != "val")
+                         require_train=split == "val")
     if not index.samples(split):
         raise UserError(f"{data_dir} has no {split} split" + (" (expected test/<class>/)" if split == "test" else ""))
     unknown = [name for name in index.classes if name not in predictor.classes]

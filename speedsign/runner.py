@@ -258,7 +258,6 @@ def train_run(request: TrainRequest, *, plan: RunPlan | None = None,
     """Train a request into its run folder, or return the finished/in-progress run."""
     ctx = distributed_from_env()
     plan = plan or plan_run(request)
-    started = time.perf_counter()
     if not request.force and is_finished(plan):
         return _result_from_status(plan, cached=True)
     check_weights(request)
@@ -272,13 +271,13 @@ def train_run(request: TrainRequest, *, plan: RunPlan | None = None,
     try:
         if not request.force and is_finished(plan):  # finished while we waited for the lock
             return _result_from_status(plan, cached=True)
-        return _train_locked(request, plan, ctx, started)
+        return _train_locked(request, plan, ctx)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_locked(request: TrainRequest, plan: RunPlan, ctx: Distributed, started: float) -> TrainResult:
+def _train_locked(request: TrainRequest, plan: RunPlan, ctx: Distributed) -> TrainResult:
     run_dir, config = plan.run_dir, request.config
     device = pick_device(request.device)
     status = StatusWriter(run_dir) if ctx.is_main else None
@@ -311,7 +310,8 @@ def _train_locked(request: TrainRequest, plan: RunPlan, ctx: Distributed, starte
                 raise Stopped()
         if ctx.is_main:
             status.update(state="running", started=now_iso(), phase="loading data")
-        result = _execute(request, plan, ctx, device, status, stop, started)
+        # The clock starts once the device is ours: time spent queued is not training time.
+        result = _execute(request, plan, ctx, device, status, stop, time.perf_counter())
         return result
     except Stopped:
         if status is not None:
@@ -404,7 +404,9 @@ def _execute(request: TrainRequest, plan: RunPlan, ctx: Distributed, device: tor
     model = build_model(config, num_classes=len(classes), backbone=backbone)
     inputs, splits = _fit_inputs(request, plan, model, device, status)
     resume = load_resume(run_dir) if not request.force else None
+    earlier_seconds = 0.0
     if resume is not None:
+        earlier_seconds = float(resume.get("seconds", 0.0) or 0.0)
         epoch = int(resume["fit_state"]["epoch"])
         truncate_metrics(run_dir, last_epoch=epoch) if ctx.is_main else None
         log(run_dir, f"resuming from last.pt after epoch {epoch}")
@@ -412,21 +414,26 @@ def _execute(request: TrainRequest, plan: RunPlan, ctx: Distributed, device: tor
         write_metrics(run_dir, [])
     extra = {"classes": list(classes)}
 
+    def elapsed() -> float:
+        """Training seconds of this run, earlier (resumed) sessions included."""
+        return earlier_seconds + time.perf_counter() - started
+
     def on_start(snapshot: Callable[[], dict]) -> None:
         if ctx.is_main:
-            atomic_torch_save({**snapshot(), "config": config.to_dict(), **extra}, run_dir / "last.pt")
+            atomic_torch_save({**snapshot(), "config": config.to_dict(), **extra, "seconds": 0.0},
+                              run_dir / "last.pt")
 
     def on_epoch_end(record: EpochRecord, state: FitState, is_best: bool, snapshot: Callable[[], dict]) -> None:
         if not ctx.is_main:
             return
-        payload = {**snapshot(), "config": config.to_dict(), **extra}
+        payload = {**snapshot(), "config": config.to_dict(), **extra, "seconds": elapsed()}
         append_metrics(run_dir, record.to_dict())
         if is_best:
             atomic_torch_save({"model": payload["model"], "config": payload["config"], **extra,
                                "epoch": record.epoch, "val_acc": record.val_acc}, run_dir / "best.pt")
         atomic_torch_save(payload, run_dir / "last.pt")
         status.update(epoch=record.epoch, best_val_acc=state.best_val_acc, val_acc=record.val_acc,
-                      images_per_s=record.images_per_s, phase="training")
+                      images_per_s=record.images_per_s, phase="training", seconds=round(elapsed(), 2))
         log(run_dir, f"epoch {record.epoch}/{config.epochs} train_loss {record.train_loss:.4f} "
                      f"train_acc {record.train_acc:.4f} val_loss {record.val_loss:.4f} "
                      f"val_acc {record.val_acc:.4f} {record.images_per_s:.0f} img/s")
@@ -439,7 +446,7 @@ def _execute(request: TrainRequest, plan: RunPlan, ctx: Distributed, device: tor
         status.update(phase="training", step=0)
     state = fit(model, inputs, config=config, device=device, resume=resume, ctx=ctx,
                 hooks=FitHooks(on_epoch_end=on_epoch_end, on_start=on_start, on_step=on_step, should_stop=stop))
-    seconds = time.perf_counter() - started
+    seconds = elapsed()
     if ctx.is_main:
         save_val_predictions(run_dir, splits["val"].files, classes=classes, config=config, device=device,
                              inputs=inputs)

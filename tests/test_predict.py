@@ -1,0 +1,83 @@
+"""predict.py: the Predictor sees exactly what the val split saw; top-k; eval on val and test."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from speedsign.errors import UserError
+from speedsign.predict import Predictor, evaluate_split, predict_files
+
+from conftest import APPROACHES
+
+
+@pytest.mark.parametrize("approach", APPROACHES)
+def test_predictor_gives_the_val_split_probabilities_for_the_val_files(approach: str,
+                                                                       runs_with_results: dict[str, Path],
+                                                                       synth_dir: Path) -> None:
+    run_dir = runs_with_results[approach]
+    predictor = Predictor(run_dir)
+    saved = np.load(run_dir / "predictions_val.npz")
+    for row in range(3):
+        file = str(saved["files"][row])
+        probs = predictor.probabilities(predictor.load_tensor(synth_dir / file).unsqueeze(0))[0]
+        assert np.allclose(probs, saved["probs"][row], atol=1e-4), file
+
+
+@pytest.mark.parametrize("approach", APPROACHES)
+def test_top_k_from_bytes_and_from_a_path_agree(approach: str, runs_with_results: dict[str, Path],
+                                                synth_dir: Path) -> None:
+    predictor = Predictor(runs_with_results[approach])
+    path = next((synth_dir / "train" / "speed_50").iterdir())
+    from_path = predictor.predict(path, top=3)
+    buffer = io.BytesIO()
+    Image.open(path).save(buffer, format="PNG")
+    from_bytes = predictor.predict(buffer.getvalue(), top=3)
+    assert from_path.labels == from_bytes.labels and len(from_path.labels) == 3
+    assert all(label in predictor.classes for label in from_path.labels)
+    assert list(from_path.probs) == sorted(from_path.probs, reverse=True)
+    assert from_path.milliseconds > 0
+    assert len(predictor.predict(path, top=99).labels) == 9
+
+
+def test_predict_files_turns_bad_files_into_error_entries(runs_with_results: dict[str, Path], synth_dir: Path,
+                                                          tmp_path: Path) -> None:
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    good = next((synth_dir / "train" / "speed_30").iterdir())
+    entries = predict_files(Predictor(runs_with_results["scratch"]), [str(good), str(bad), str(tmp_path / "nope.png")])
+    assert "top" in entries[0]
+    assert "error" in entries[1] and "error" in entries[2]
+
+
+def test_evaluate_val_matches_the_saved_report(runs_with_results: dict[str, Path], synth_dir: Path) -> None:
+    run_dir = runs_with_results["scratch"]
+    report, probs, labels = evaluate_split(Predictor(run_dir), synth_dir, split="val")
+    saved = json.loads((run_dir / "eval_val.json").read_text())
+    assert report["n"] == saved["n"] and report["accuracy"] == pytest.approx(saved["accuracy"])
+    assert probs.shape == (report["n"], 9)
+
+
+def test_evaluate_test_matches_classes_by_name_and_refuses_unknown_ones(runs_with_results: dict[str, Path],
+                                                                        synth_dir: Path, tmp_path: Path) -> None:
+    test_dir = tmp_path / "only_test"
+    for name in ("speed_120", "speed_30"):  # a subset, in another order
+        shutil.copytree(synth_dir / "train" / name, test_dir / "test" / name)
+    report, _, labels = evaluate_split(Predictor(runs_with_results["scratch"]), test_dir, split="test")
+    assert report["n"] == 40
+    assert set(labels.tolist()) == {1, 8}  # the run's indices of speed_30 and speed_120
+    (test_dir / "test" / "stop").mkdir()
+    Image.new("RGB", (8, 8)).save(test_dir / "test" / "stop" / "a.png")
+    with pytest.raises(UserError, match="does not know: stop"):
+        evaluate_split(Predictor(runs_with_results["scratch"]), test_dir, split="test")
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="checkpoint not found"):
+        Predictor(tmp_path)
