@@ -78,3 +78,20 @@ def input_sizes(ctx: Context) -> list[dict[str, Any]]:
             ctx.log(f"size {size} {approach}: best val acc {row['best_val_acc']:.4f}, "
                     f"{row['seconds_per_epoch']} s/epoch, {row['train_images_per_s']} img/s")
     return rows
+
+
+def size_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per approach: the preset's size against the most accurate one and against the largest."""
+    summary: dict[str, Any] = {}
+    for approach in dict.fromkeys(r["approach"] for r in rows):
+        mine = [r for r in rows if r["approach"] == approach]
+        best = max(mine, key=lambda r: (r["best_val_acc"], -r["img_size"]))
+        largest = max(mine, key=lambda r: r["img_size"])
+        preset = next((r for r in mine if r["preset_size"]), None)
+        entry: dict[str, Any] = {"most_accurate_size": best["img_size"], "most_accurate_acc": best["best_val_acc"]}
+        if preset is not None:
+            entry.update({"preset_size": preset["img_size"], "preset_acc": preset["best_val_acc"],
+                          f"preset_epoch_speedup_vs_{largest['img_size']}px": round(
+                              largest["seconds_per_epoch"] / max(preset["seconds_per_epoch"], 1e-9), 1)})
+        summary[approach] = entry
+    return summary

@@ -23,6 +23,7 @@ class Context:
     device: torch.device
     work: Path
     loads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # failures inside a benchmark that went on
     _backbone_state: dict[str, torch.Tensor] | None = None
 
     def log(self, message: str) -> None:

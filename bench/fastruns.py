@@ -3,7 +3,8 @@
 `python -m speedsign train --preset fast ...` with an empty cache (so decoding, and for
 frozen the feature cache, are part of the time). Measured from outside:
 
-- peak RSS of the child (`ru_maxrss` of os.wait4: that process alone);
+- peak RSS of the child: its own VmHWM, reported by the `bench.child` wrapper (see there why
+  not ru_maxrss);
 - the learning curve in wall-clock seconds since launch (imports, decoding and features
   included): the parent watches metrics.jsonl and stamps each epoch as it appears;
 - its best val accuracy, and on the tutorial's val sample (from predictions_val.npz).
@@ -30,7 +31,7 @@ POLL_SECONDS = 0.1
 
 
 def child_command(ctx: Context, approach: str, runs_dir: Path) -> list[str]:
-    command = [sys.executable, "-m", "speedsign", "train", "--approach", approach, "--data", str(ctx.data.root),
+    command = ["train", "--approach", approach, "--data", str(ctx.data.root),
                "--preset", "fast", "--runs-dir", str(runs_dir), "--device", ctx.options.device, "--force", "--json"]
     if approach != "scratch":
         command += ["--weights", str(ctx.backbone.path)]
@@ -42,33 +43,37 @@ def child_command(ctx: Context, approach: str, runs_dir: Path) -> list[str]:
     return command
 
 
-def _maxrss_mb(usage: Any) -> float:
-    # Linux reports kilobytes, macOS bytes.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return usage.ru_maxrss * scale / 1024**2
+def child_env(ctx: Context, cache: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    if cache is not None:
+        env["SPEEDSIGN_CACHE"] = str(cache)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if ctx.options.threads:
+        env["OMP_NUM_THREADS"] = str(ctx.options.threads)
+    return env
+
+
+def read_peak(path: Path) -> tuple[float, str]:
+    data = json.loads(path.read_text())
+    return float(data["peak_rss_mb"]), str(data["method"])
 
 
 def run_child(ctx: Context, approach: str) -> dict[str, Any]:
     runs_dir = ctx.work / f"runs-{approach}"
-    cache = ctx.work / f"child-cache-{approach}"
-    env = dict(os.environ, SPEEDSIGN_CACHE=str(cache))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    if ctx.options.threads:
-        env["OMP_NUM_THREADS"] = str(ctx.options.threads)
-    command = child_command(ctx, approach, runs_dir)
+    env = child_env(ctx, cache=ctx.work / f"child-cache-{approach}")
+    arguments = child_command(ctx, approach, runs_dir)
+    peak_file = ctx.work / f"child-{approach}.peak.json"
+    command = [sys.executable, "-m", "bench.child", str(peak_file), *arguments]
     out_path, err_path = ctx.work / f"child-{approach}.out", ctx.work / f"child-{approach}.err"
     arrivals: list[float] = []
     seen_sizes: dict[Path, int] = {}
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO, env=env)
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        while process.poll() is None:
             _stamp(runs_dir, arrivals, seen_sizes, time.perf_counter() - started)
-            if pid:
-                break
             time.sleep(POLL_SECONDS)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        _stamp(runs_dir, arrivals, seen_sizes, time.perf_counter() - started)
     wall = time.perf_counter() - started
     stdout = out_path.read_text(errors="replace").strip().splitlines()
     if process.returncode != 0 or not stdout:
@@ -76,6 +81,7 @@ def run_child(ctx: Context, approach: str) -> dict[str, Any]:
         raise RuntimeError(f"speedsign train --approach {approach} failed ({process.returncode}): "
                            + " | ".join(tail))
     result = json.loads(stdout[-1])
+    peak_mb, method = read_peak(peak_file)
     run_dir = Path(result["run_dir"])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     curve = []
@@ -86,9 +92,10 @@ def run_child(ctx: Context, approach: str) -> dict[str, Any]:
                       "seconds": round(arrivals[i] if i < len(arrivals) else wall, 3),
                       "train_seconds": round(train_clock, 3), "images_per_s": row["images_per_s"]})
     return {
-        "command": " ".join(command[1:]),
+        "command": "python -m speedsign " + " ".join(arguments),
         "run_dir": str(run_dir),
-        "peak_rss_mb": round(_maxrss_mb(usage), 1),
+        "peak_rss_mb": round(peak_mb, 1),
+        "peak_rss_method": method,
         "wall_s": round(wall, 2),
         "epochs": len(rows),
         "best_val_acc": result.get("best_val_acc"),
@@ -126,11 +133,27 @@ def accuracy_on(run_dir: Path, files: list[str]) -> float | None:
     return float((data["probs"][keep].argmax(1) == data["labels"][keep]).mean())
 
 
+def import_baseline_mb(ctx: Context) -> float:
+    """Peak RSS of a process that only imports what `speedsign train` imports (torch & co):
+    the floor under every training's peak (the CUDA build of torch maps far more than the
+    CPU build Streamlit Cloud installs)."""
+    peak_file = ctx.work / "child-imports.peak.json"
+    subprocess.run([sys.executable, "-m", "bench.child", str(peak_file)], cwd=REPO, env=child_env(ctx), check=True)
+    return round(read_peak(peak_file)[0], 1)
+
+
 def measure(ctx: Context) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    baseline = import_baseline_mb(ctx)
+    ctx.log(f"importing speedsign + torch alone: peak RSS {baseline} MB")
     for approach in ctx.options.approaches:
-        results[approach] = run_child(ctx, approach)
-        entry = results[approach]
+        try:
+            entry = results[approach] = run_child(ctx, approach)
+        except (RuntimeError, OSError, ValueError) as error:  # one approach failing spoils not the others
+            ctx.errors[f"fastruns {approach}"] = str(error)
+            ctx.log(f"fast {approach}: FAILED: {error}")
+            continue
+        entry["import_baseline_mb"] = baseline
         ctx.log(f"fast {approach}: {entry['epochs']} epochs in {entry['wall_s']} s, best val acc "
                 f"{entry['best_val_acc']:.4f}, peak RSS {entry['peak_rss_mb']} MB")
     return results

@@ -54,7 +54,7 @@ def measure(ctx: Context) -> dict[str, Any]:
         return time.perf_counter() - started, state.best_val_acc
 
     def cached(round_: int) -> tuple[float, float, float]:
-        model = fresh_model()
+        model = fresh_model().to(ctx.device)  # compute_features expects the model on the device
         images = torch.cat([train.images, val.images])
         synchronize(ctx.device)
         started = time.perf_counter()

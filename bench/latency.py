@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from bench.context import Context
@@ -53,22 +54,45 @@ def measure(ctx: Context, run_dirs: dict[str, Path] | None = None) -> dict[str, 
         run_dir = (run_dirs or {}).get(approach)
         sources[approach] = "trained fast run" if run_dir else "untrained fast-preset checkpoint"
         predictors[approach] = Predictor(run_dir or checkpoint_run(ctx, approach), device=device)
+    threads = torch.get_num_threads()
+    per_model, together = _measure(predictors, data, calls=opts.predict_calls, warmup=opts.predict_warmup)
+    result: dict[str, Any] = {
+        "jpeg_bytes": len(data), "jpeg_px": opts.predict_px, "calls": opts.predict_calls,
+        "warmup": opts.predict_warmup, "device": device, "torch_threads": threads,
+        "per_model": {a: {**v, "img_size": predictors[a].config.img_size, "weights": sources[a]}
+                      for a, v in per_model.items()},
+        "all": {**together, "approaches": list(predictors)},
+    }
+    if device == "cpu" and threads > 1:
+        # One image is a small job: with one thread no forward waits for a second core that a
+        # busy machine (or a shared cloud CPU) hands out late. Measured for comparison.
+        torch.set_num_threads(1)
+        try:
+            one_model, one_all = _measure(predictors, data, calls=opts.predict_calls, warmup=opts.predict_warmup)
+        finally:
+            torch.set_num_threads(threads)
+        result["one_thread"] = {"per_model": one_model, "all": one_all}
+    return result
+
+
+def _measure(predictors: dict[str, Predictor], data: bytes, *, calls: int, warmup: int
+             ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """p50/p95 ms per model and for the three in a row, the models interleaved call by call."""
     times: dict[str, list[float]] = {a: [] for a in predictors}
     together: list[float] = []
-    for call in range(opts.predict_warmup + opts.predict_calls):
+    for call in range(warmup + calls):
         total = 0.0
         for approach, predictor in predictors.items():
             started = time.perf_counter()
             predictor.predict(data)
             elapsed = (time.perf_counter() - started) * 1000
             total += elapsed
-            if call >= opts.predict_warmup:
+            if call >= warmup:
                 times[approach].append(elapsed)
-        if call >= opts.predict_warmup:
+        if call >= warmup:
             together.append(total)
-    per_model = {a: {"p50": round(percentile(v, 50), 3), "p95": round(percentile(v, 95), 3),
-                     "img_size": predictors[a].config.img_size, "weights": sources[a]} for a, v in times.items()}
-    return {"jpeg_bytes": len(data), "jpeg_px": opts.predict_px, "calls": opts.predict_calls,
-            "warmup": opts.predict_warmup, "device": device, "per_model": per_model,
-            "all": {"p50": round(percentile(together, 50), 3), "p95": round(percentile(together, 95), 3),
-                    "approaches": list(predictors)}}
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"p50": round(percentile(values, 50), 3), "p95": round(percentile(values, 95), 3)}
+
+    return {a: stats(v) for a, v in times.items()}, stats(together)

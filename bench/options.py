@@ -22,29 +22,29 @@ class Options:
     seed: int = 0
     # data
     synth_per_class: int = 300  # only when neither --data nor gtsrb-speed32 is there
-    subset_tracks: int | None = None  # whole tracks per class and split; None = all data
+    subset_tracks: int | None = None  # whole tracks per class; None = all data
     # 1. training throughput: rounds of (tutorial N steps, fast N' steps), medians
     rounds: int = 3
     tutorial_warmup: int = 5
-    tutorial_steps: int = 40
+    tutorial_steps: int = 30
     tutorial_workers: int | None = None  # None: min(4, cores), the tutorial's 4 capped
     tutorial_img_size: int = 224  # the tutorial's; smaller only in the smoke test
     fast_warmup: int = 3
-    fast_steps: int = 20
+    fast_steps: int = 20  # batches of the preset's size; frozen (batch 256) runs a quarter of them
     # 2. frozen: live backbone vs cached features
-    frozen_images: int = 2000
+    frozen_images: int = 600
     frozen_epochs: int = 25
     # 3/5. fast runs in child processes (peak RSS, learning curve, final accuracy)
     fast_epochs: int | None = None  # None: the preset's
     # 1/3. tutorial accuracy on a time budget
-    tutorial_budget: float = 180.0
+    tutorial_budget: float = 120.0
     tutorial_evals: int = 2
-    val_images: int | None = 1000
+    val_images: int | None = 500
     # 6. input size
     sizes: tuple[int, ...] = SIZES
-    size_epochs: int = 3
-    size_train_images: int | None = 1000
-    size_val_images: int | None = 500
+    size_epochs: int = 2
+    size_train_images: int | None = 600
+    size_val_images: int | None = 300
     # 4. prediction latency
     predict_calls: int = 200
     predict_warmup: int = 20
@@ -63,8 +63,8 @@ class Options:
 
 FULL = Options()
 QUICK = Options(
-    quick=True, synth_per_class=40, subset_tracks=3, rounds=3, tutorial_warmup=2, tutorial_steps=5,
-    fast_warmup=2, fast_steps=5, frozen_images=300, fast_epochs=2, tutorial_budget=10.0,
-    tutorial_evals=1, val_images=100, sizes=(32, 64), size_epochs=1, size_train_images=300,
+    quick=True, synth_per_class=40, subset_tracks=4, rounds=3, tutorial_warmup=2, tutorial_steps=5,
+    fast_warmup=1, fast_steps=4, frozen_images=120, fast_epochs=2, tutorial_budget=6.0,
+    tutorial_evals=1, val_images=64, sizes=(32, 64), size_epochs=1, size_train_images=300,
     size_val_images=100, predict_calls=40, predict_warmup=5,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -96,7 +97,7 @@ def accuracy_table(results: dict[str, Any], *, markdown: bool) -> str | None:
             thresholds = t["tutorial"]
             rows.append([approach, "tutorial"] + [_fmt(v, ".1f", none="not reached") for v in thresholds.values()]
                         + [_fmt(a.get("tutorial_val_acc_on_sample"), ".4f"), "-",
-                           f"budget {_fmt(t.get('tutorial_budget_s'), '.0f')} s"])
+                           f"budget {_fmt(t.get('tutorial_budget_s'), 'g')} s"])
     if not rows:
         return None
     keys = next((list(t.get("fast", t.get("tutorial", {})).keys()) for t in tta.values()), ["0.95", "0.98"])
@@ -113,11 +114,20 @@ def latency_table(results: dict[str, Any], *, markdown: bool) -> str | None:
     lat = results.get("latency")
     if not lat:
         return None
-    rows = [[a, v["img_size"], _fmt(v["p50"], ".2f"), _fmt(v["p95"], ".2f")] for a, v in lat["per_model"].items()]
-    rows.append(["all three, one after another", "-", _fmt(lat["all"]["p50"], ".2f"), _fmt(lat["all"]["p95"], ".2f")])
+    one = lat.get("one_thread")
+    rows = []
+    for a, v in lat["per_model"].items():
+        rows.append([a, v["img_size"], _fmt(v["p50"], ".2f"), _fmt(v["p95"], ".2f")]
+                    + ([_fmt(one["per_model"][a]["p50"], ".2f"), _fmt(one["per_model"][a]["p95"], ".2f")] if one else []))
+    rows.append(["all three, one after another", "-", _fmt(lat["all"]["p50"], ".2f"), _fmt(lat["all"]["p95"], ".2f")]
+                + ([_fmt(one["all"]["p50"], ".2f"), _fmt(one["all"]["p95"], ".2f")] if one else []))
+    headers = ["model", "input px", "p50 ms", "p95 ms"]
+    if one:
+        headers += ["p50 ms, 1 thread", "p95 ms, 1 thread"]
     note = (f"{lat['calls']} calls after {lat['warmup']} warm-up, JPEG of {lat['jpeg_px']}x{lat['jpeg_px']} px "
-            f"({lat['jpeg_bytes']} bytes) -> `Predictor.predict(bytes)` -> top-3, on {lat['device']}.")
-    return _table(["model", "input px", "p50 ms", "p95 ms"], rows, markdown=markdown) + "\n\n" + note
+            f"({lat['jpeg_bytes']} bytes) -> `Predictor.predict(bytes)` -> top-3, on {lat['device']} with "
+            f"{lat.get('torch_threads')} torch threads" + (" (and, for comparison, with 1)." if one else "."))
+    return _table(headers, rows, markdown=markdown) + "\n\n" + note
 
 
 def memory_table(results: dict[str, Any], *, markdown: bool) -> str | None:
@@ -126,7 +136,13 @@ def memory_table(results: dict[str, Any], *, markdown: bool) -> str | None:
         return None
     rows = [[a, _fmt(v["peak_rss_mb"]), v["epochs"], _fmt(v["wall_s"]), _fmt(v["best_val_acc"], ".4f")]
             for a, v in runs.items()]
-    note = "`python -m speedsign train --preset fast` in a child process; peak RSS from its rusage (ru_maxrss)."
+    baseline = next(iter(runs.values())).get("import_baseline_mb")
+    method = next(iter(runs.values())).get("peak_rss_method", "VmHWM")
+    note = ("`python -m speedsign train --preset fast` in a child process, on the data above; peak RSS = "
+            f"the child's own {method} (its memory high-water mark since exec).")
+    if baseline:
+        build = "CUDA" if "+cu" in str(results["machine"].get("torch")) else "installed"
+        note += f" A process that only imports speedsign and torch ({build} build) peaks at {baseline:.0f} MB."
     return _table(["approach", "peak RSS MB", "epochs", "seconds", "best val acc"], rows, markdown=markdown) \
         + "\n\n" + note
 
@@ -141,7 +157,14 @@ def sizes_table(results: dict[str, Any], *, markdown: bool) -> str | None:
     first = rows_in[0]
     note = (f"each approach with its fast settings at each size, {first['epochs']} epochs on {first['train_images']} "
             f"train / {first['val_images']} val images; seconds per epoch include the val pass; total includes "
-            f"decoding (and for frozen the features).")
+            f"decoding (and for frozen the features). (fast) marks the size the fast preset uses.")
+    for approach, entry in (results.get("input_size_summary") or {}).items():
+        if "preset_size" in entry:
+            speedup = next((f"{v}x faster per epoch than {k.rsplit('_', 1)[-1]}" for k, v in entry.items()
+                            if k.startswith("preset_epoch_speedup_vs_")), "")
+            note += (f"\n{'- ' if markdown else '  '}{approach}: preset {entry['preset_size']} px, val acc "
+                     f"{entry['preset_acc']:.4f}, {speedup}; most accurate here: {entry['most_accurate_size']} px "
+                     f"({entry['most_accurate_acc']:.4f}).")
     return _table(["approach", "img px", "best val acc", "s/epoch", "train img/s", "total s"], rows,
                   markdown=markdown) + "\n\n" + note
 
@@ -178,8 +201,15 @@ SECTIONS = (
 )
 
 
+def errors_text(results: dict[str, Any]) -> str | None:
+    errors = results.get("errors")
+    return "\n".join(f"{name}: {message}" for name, message in errors.items()) if errors else None
+
+
 def text_report(results: dict[str, Any]) -> str:
     parts = ["speedsign benchmarks", *_header(results)]
+    if errors_text(results):
+        parts += ["", "FAILED benchmarks", errors_text(results)]
     for title, render in SECTIONS:
         body = frozen_text(results) if render is None else render(results, markdown=False)
         if body:
@@ -197,6 +227,8 @@ def markdown_report(results: dict[str, Any], *, plot_name: str | None) -> str:
         lines.append("- load average per section (before -> after): " + "; ".join(
             f"{name} {v.get('before')} -> {v.get('after')}" for name, v in loads.items() if isinstance(v, dict)))
     lines.append("")
+    if errors_text(results):
+        lines += ["## Failed benchmarks", "", "```", errors_text(results), "```", ""]
     for title, render in SECTIONS:
         body = frozen_text(results) if render is None else render(results, markdown=True)
         if body:
@@ -315,7 +347,8 @@ def write_plot(results: dict[str, Any], path: Path) -> bool:
         pio.write_image(figure, str(path), format="png")
         return True
     except Exception as error:  # kaleido needs a Chrome; draw a plain chart instead
-        print(f"bench: kaleido could not export the plot ({type(error).__name__}: {error}); drawing it with Pillow")
+        print(f"bench: kaleido could not export the plot ({type(error).__name__}: {error}); drawing it with Pillow",
+              file=sys.stderr)
         return _pillow_plot(frame, path)
 
 

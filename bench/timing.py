@@ -18,9 +18,10 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
 
-def ratio(slow_seconds_or_rate: float, fast: float) -> float:
-    """a / b, or nan when b is not positive (a broken measurement never reads as a speed-up)."""
-    return float(slow_seconds_or_rate / fast) if fast > 0 else float("nan")
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, or nan when the denominator is not positive (a broken
+    measurement never reads as a speed-up)."""
+    return float(numerator / denominator) if denominator > 0 else float("nan")
 
 
 def synchronize(device: torch.device) -> None:

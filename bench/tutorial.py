@@ -9,7 +9,10 @@ the report followed). What is copied as it is, because it is what the report tim
 - train: RandomResizedCrop(224), RandomHorizontalFlip(), ToTensor(), Normalize(ImageNet);
   val: Resize(256), CenterCrop(224), ToTensor(), Normalize(ImageNet);
 - DataLoader(batch_size=4, shuffle=True), fp32, `model.train()` for the train phase;
-- SGD(lr=0.001, momentum=0.9), StepLR(step_size=7, gamma=0.1), CrossEntropyLoss;
+- the report's optimiser per approach (speedsign's `tutorial` preset, `config.preset_values`):
+  finetune SGD lr 0.002 momentum 0.9 + StepLR(7, 0.1); frozen the same with lr 0.001;
+  scratch SGD lr 0.001 momentum 0.9 weight decay 1e-4 + CosineAnnealingLR(T_max=25);
+  CrossEntropyLoss;
 - finetune: resnet18 with pretrained weights and a new `fc`, every layer trained;
 - frozen ("ConvNet as fixed feature extractor"): requires_grad=False on every backbone
   parameter, only `fc` in the optimizer. The tutorial still calls `model.train()`, so the
@@ -40,16 +43,13 @@ import torch.optim as optim
 from torch.optim import lr_scheduler
 from torchvision import datasets, models, transforms
 
+from speedsign.config import preset_values
 from speedsign.models import ResNet18, load_backbone
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 BATCH_SIZE = 4
 TUTORIAL_WORKERS = 4
-LR = 0.001
-MOMENTUM = 0.9
-STEP_SIZE = 7
-GAMMA = 0.1
 
 
 def data_transforms(img_size: int = 224) -> dict[str, transforms.Compose]:
@@ -101,10 +101,12 @@ def make_model(approach: str, *, num_classes: int, backbone: dict[str, torch.Ten
                device: torch.device, seed: int = 0) -> Setup:
     """model_ft (finetune), model_conv (frozen) or speedsign's ResNet18 (scratch), as the tutorial."""
     torch.manual_seed(seed)
+    report = preset_values(approach, "tutorial")
+    sgd = dict(lr=report["lr"], momentum=report["momentum"], weight_decay=report["weight_decay"])
     if approach == "scratch":
         model = ResNet18(num_classes=num_classes)
         model = model.to(device)
-        optimizer = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        optimizer = optim.SGD(model.parameters(), **sgd)
     else:
         model = models.resnet18(weights=None)
         if backbone is None:
@@ -118,10 +120,12 @@ def make_model(approach: str, *, num_classes: int, backbone: dict[str, torch.Ten
         model.fc = nn.Linear(num_ftrs, num_classes)
         model = model.to(device)
         params = model.fc.parameters() if approach == "frozen" else model.parameters()
-        optimizer = optim.SGD(params, lr=LR, momentum=MOMENTUM)
+        optimizer = optim.SGD(params, **sgd)
     criterion = nn.CrossEntropyLoss()
-    # Decay LR by a factor of 0.1 every 7 epochs
-    scheduler = lr_scheduler.StepLR(optimizer, step_size=STEP_SIZE, gamma=GAMMA)
+    if report["schedule"] == "cosine":
+        scheduler = lr_scheduler.CosineAnnealingLR(optimizer, T_max=report["epochs"])
+    else:  # Decay LR by a factor of 0.1 every 7 epochs
+        scheduler = lr_scheduler.StepLR(optimizer, step_size=report["step_size"], gamma=report["gamma"])
     return Setup(model, criterion, optimizer, scheduler)
 
 

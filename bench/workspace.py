@@ -60,19 +60,23 @@ def resolve_data(data: Path | None, *, work: Path, synth_per_class: int, subset_
     index = scan_dataset(root)
     if subset_tracks:
         root = copy_track_subset(index, work / "data-subset", tracks_per_class=subset_tracks, seed=seed)
-        source += f"; subset: {subset_tracks} tracks per class and split"
+        source += f"; subset: {subset_tracks} whole tracks per class"
         index = scan_dataset(root)
     return BenchData(root=root, index=index, source=source)
 
 
 def copy_track_subset(index: DatasetIndex, out: Path, *, tracks_per_class: int, seed: int) -> Path:
-    """A small copy of a data folder: whole tracks (groups), a few per class and split.
+    """A small copy of a data folder: whole tracks (groups), a few per class (and per given split).
 
-    Copied, not linked: speedsign does not follow links that leave the data folder.
+    A single-folder layout is subset as one pool (speedsign draws the val split from the copy
+    again); with train/ and val/ given, each keeps its own tracks. Copied (or hard-linked), not
+    symlinked: speedsign does not follow links that leave the data folder.
     """
     rng = np.random.default_rng(seed)
+    pools = ([s for split in index.splits.values() for s in split],) if index.layout == "single" \
+        else tuple(index.splits.values())
     files: list[str] = []
-    for samples in index.splits.values():
+    for samples in pools:
         by_class: dict[int, dict[str, list[Sample]]] = {}
         for sample in samples:
             by_class.setdefault(sample.label, {}).setdefault(sample.group, []).append(sample)
@@ -230,6 +234,7 @@ def train_fast(index: DatasetIndex, config: TrainConfig, *, device: torch.device
     use_features = config.approach == "frozen"
     if use_features:
         started = time.perf_counter()
+        model.to(device)  # compute_features expects the model on the device
         values = compute_features(model, decoded["images"], config=config, device=device)
         if features_path is not None:
             atomic_torch_save(values, features_path)

@@ -75,6 +75,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=None)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--force", action="store_true", help="train afresh even if the run is finished")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
     parser.add_argument("--background", action="store_true", help="start as a background job and return")
     parser.add_argument("--nproc", type=_int, default=1, help="with --background: processes (GPUs) to use")
     parser.add_argument("--json", action="store_true")
@@ -96,7 +97,8 @@ def command_train(args: argparse.Namespace) -> int:
     from speedsign.runs import default_runs_dir
 
     request = TrainRequest(config=config_from_args(args), data_dir=args.data,
-                           runs_dir=args.runs_dir or default_runs_dir(), device=args.device, force=args.force)
+                           runs_dir=args.runs_dir or default_runs_dir(), device=args.device, force=args.force,
+                           compile=args.compile)
     if args.background:
         from speedsign.jobs import launch
 

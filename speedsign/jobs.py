@@ -198,9 +198,13 @@ def cancel_requested(run_dir: Path) -> bool:
     return (Path(run_dir) / CANCEL_FILE).exists()
 
 
-def clear_cancel(run_dir: Path) -> None:
+def clear_cancel(run_dir: Path, *, before: float | None = None) -> None:
+    """Remove the cancel marker; with `before`, only a marker written earlier than that time."""
+    path = Path(run_dir) / CANCEL_FILE
     try:
-        (Path(run_dir) / CANCEL_FILE).unlink()
+        if before is not None and path.stat().st_mtime >= before:
+            return
+        path.unlink()
     except FileNotFoundError:
         pass
 
@@ -236,6 +240,8 @@ def train_arguments(request: "TrainRequest") -> list[str]:  # noqa: F821 (runner
         args += [f"--{name}", str(value)]
     if request.force:
         args.append("--force")
+    if request.compile:
+        args.append("--compile")
     return args
 
 

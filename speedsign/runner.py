@@ -48,6 +48,7 @@ class TrainRequest:
     runs_dir: Path
     device: str = "auto"
     force: bool = False
+    compile: bool = False  # torch.compile the training step (see train.fit)
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,18 @@ def clear_outputs(run_dir: Path) -> None:
             pass
 
 
+def _launched_at(run_dir: Path) -> float | None:
+    """When `jobs.launch` queued this job (its status has no pid yet), else None."""
+    try:
+        status = read_status(run_dir)
+    except ValueError:
+        return None
+    queued_at = status.get("queued_at")
+    if status.get("state") == "queued" and "pid" not in status and isinstance(queued_at, (int, float)):
+        return float(queued_at)
+    return None
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Half-written files of a killed attempt (its os.replace never came), 90 MB each for last.pt.
 
@@ -281,7 +294,9 @@ def _train_locked(request: TrainRequest, plan: RunPlan, ctx: Distributed) -> Tra
     run_dir, config = plan.run_dir, request.config
     device = pick_device(request.device)
     status = StatusWriter(run_dir) if ctx.is_main else None
-    clear_cancel(run_dir)  # a marker left by an earlier, already cancelled attempt
+    # A marker left by an earlier, already cancelled attempt goes; one written since `launch`
+    # queued this job is a cancel pressed while it started up, and stops it at once.
+    clear_cancel(run_dir, before=_launched_at(run_dir))
     stop = StopFlag(run_dir)
     stop.install()
     if ctx.is_main:
@@ -445,6 +460,7 @@ def _execute(request: TrainRequest, plan: RunPlan, ctx: Distributed, device: tor
     if status is not None:
         status.update(phase="training", step=0)
     state = fit(model, inputs, config=config, device=device, resume=resume, ctx=ctx,
+                compile_model=request.compile,
                 hooks=FitHooks(on_epoch_end=on_epoch_end, on_start=on_start, on_step=on_step, should_stop=stop))
     seconds = elapsed()
     if ctx.is_main:

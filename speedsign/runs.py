@@ -143,7 +143,7 @@ def write_status(run_dir: Path, **fields: Any) -> dict[str, Any]:
 
 
 def pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:  # "pid": true is not pid 1
         return False
     try:
         os.kill(pid, 0)

@@ -241,7 +241,7 @@ def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
 def compute_features(model: nn.Module, images: torch.Tensor, *, config: TrainConfig, device: torch.device,
                      batch_size: int = 256, on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Backbone features (N, 512) of uint8 images, backbone in eval(): what `frozen` trains on."""
-    model.eval()
+    model.to(device).eval()
     features = []
     total = math.ceil(len(images) / batch_size) if len(images) else 0
     for step, start in enumerate(range(0, len(images), batch_size), start=1):
@@ -297,11 +297,12 @@ class FitInputs:
 
 def fit(model: nn.Module, inputs: FitInputs, *, config: TrainConfig, device: torch.device,
         hooks: FitHooks = FitHooks(), resume: dict[str, Any] | None = None,
-        ctx: Distributed = Distributed()) -> FitState:
+        ctx: Distributed = Distributed(), compile_model: bool = False) -> FitState:
     """Train for config.epochs (or until early stopping / a stop request); returns the state.
 
     `resume` is a last.pt payload: weights, optimizer, scheduler and FitState continue from it.
-    The caller saves checkpoints in `hooks.on_epoch_end`.
+    The caller saves checkpoints in `hooks.on_epoch_end`. `compile_model` runs the training
+    forward through torch.compile (pays on a GPU for long runs; the first steps compile).
     """
     model.to(device)
     if not inputs.features:
@@ -311,6 +312,8 @@ def fit(model: nn.Module, inputs: FitInputs, *, config: TrainConfig, device: tor
     if ctx.active:
         wrapped = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_model:
+        wrapped = torch.compile(wrapped)
     params = trainable_parameters(module)
     if not params:
         raise UserError("nothing to train: every parameter is frozen")

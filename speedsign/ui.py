@@ -355,9 +355,15 @@ def metrics(info: RunInfo) -> tuple[list[dict[str, Any]], str | None]:
 
 @st.cache_resource(max_entries=12, show_spinner="Loading the model…")
 def _predictor(run_dir: str, stamp: int) -> Any:
+    import torch
+
     from speedsign.predict import Predictor
 
-    return Predictor(run_dir)
+    model = Predictor(run_dir)
+    # One forward now: the first one pays for allocations, and would show as the latency.
+    side = model.config.stored_size
+    model.predict_tensor(torch.zeros((3, side, side), dtype=torch.uint8))
+    return model
 
 
 def predictor(info: RunInfo) -> Any:
@@ -502,8 +508,8 @@ def live_jobs(session_runs: Sequence[str]) -> None:
                 continue
             job_card(info)
         if queue:
-            st.caption("Queue (one job per device at a time; the others wait their turn)")
-            st.dataframe(pd.DataFrame(queue), hide_index=True)
+            st.caption("Queue: one job per device at a time; the others wait their turn.")
+            st.dataframe(workspace.queue_frame(queue), hide_index=True)
 
     panel()
 
@@ -560,6 +566,12 @@ def launch(requests: Sequence[Any], *, nproc: int = 1) -> None:
 
 # ---------------------------------------------------------------- learning curves
 
+def _legend_below(figure: Any) -> Any:
+    """Run ids are long: a legend under the plot leaves the plot its width."""
+    figure.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.25, "x": 0})
+    return figure
+
+
 def curves(run_ids: Sequence[str]) -> None:
     """Loss, accuracy and learning rate per epoch of the chosen runs; live while any trains."""
     runs = {info.run_id: info for info in list_runs()}
@@ -584,16 +596,16 @@ def curves(run_ids: Sequence[str]) -> None:
                     phase = info.status.get("phase") or info.state
                     st.info(f"{info.run_id} is {info.state} ({phase}): its first epoch is not finished yet.")
                 continue
-            series[workspace.run_label(info)] = rows
+            series[info.run_id] = rows  # the id starts with the approach
         if not series:
             return
         frame = workspace.curves_frame(series)
         left, right = st.columns(2)
-        left.plotly_chart(plots.learning_curves(frame, value="loss"), key="curve-loss")
-        right.plotly_chart(plots.learning_curves(frame, value="acc"), key="curve-acc")
+        left.plotly_chart(_legend_below(plots.learning_curves(frame, value="loss")), key="curve-loss")
+        right.plotly_chart(_legend_below(plots.learning_curves(frame, value="acc")), key="curve-acc")
         lr = workspace.lr_frame(series)
         if not lr.empty:
-            st.plotly_chart(plots.lr_curve(lr), key="curve-lr")
+            st.plotly_chart(_legend_below(plots.lr_curve(lr)), key="curve-lr")
         if any(current.get(r) is not None and current[r].state in ACTIVE_STATES for r in run_ids):
             st.caption(f"Updating every {POLL_SECONDS:.0f} s while a job trains.")
 
@@ -706,10 +718,14 @@ def answer_card(info: RunInfo, photo: Any, *, saliency: bool, key: str) -> None:
                else f"{answer.milliseconds:.1f} ms")
     if saliency:
         try:
-            st.image(workspace.saliency_overlay(model, answer), width=160,
-                     caption="Grad-CAM: red = where the model looked")
+            overlay, informative = workspace.saliency_overlay(model, answer)
         except Exception as error:  # noqa: BLE001  (a saliency failure must not hide the answer)
             st.caption(f"No saliency map for this model ({type(error).__name__}).")
+            return
+        st.image(overlay, width=160, caption="Grad-CAM: red = where the model looked")
+        if not informative:
+            st.caption(f"Flat map: at {model.config.img_size} px the last block sees the image as one cell, "
+                       "so Grad-CAM cannot point anywhere. Larger inputs give a map.")
 
 
 def photo_bytes(upload: Any, camera: Any) -> bytes | None:

@@ -9,7 +9,6 @@ untrusted: `inside` resolves them and refuses any that leave their data folder.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import os
 import re
@@ -29,7 +28,7 @@ from speedsign.config import TrainConfig, resolve_config
 from speedsign.data import DatasetIndex, class_counts, scan_dataset
 from speedsign.errors import UserError
 from speedsign.images import ImageError, image_to_tensor, open_image
-from speedsign.runs import ACTIVE_STATES, RunInfo, default_runs_dir, read_json
+from speedsign.runs import ACTIVE_STATES, RunInfo, default_runs_dir
 
 Progress = Callable[[int, int], None]
 
@@ -297,7 +296,14 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------- runs
 
 def run_label(info: RunInfo) -> str:
-    return f"{info.approach} · {info.run_id}"
+    """How a run is named in pickers: its id (which starts with the approach), its state unless done,
+    and its best val accuracy when known."""
+    label = info.run_id
+    if info.best_val_acc is not None:
+        label += f" · val {info.best_val_acc:.3f}"
+    if info.state != "done":
+        label += f" · {info.state}"
+    return label
 
 
 def is_usable(info: RunInfo) -> bool:
@@ -447,6 +453,19 @@ def job_view(info: RunInfo, rows: Sequence[Mapping[str, Any]]) -> JobView:
         images_per_s=float(ips) if isinstance(ips, (int, float)) else None,
         error=str(status["error"]) if status.get("error") else None, damaged=info.damaged,
     )
+
+
+def queue_frame(entries: Sequence[Mapping[str, Any]], *, now: float | None = None) -> pd.DataFrame:
+    """jobs.queue() as a table: position, run, state, epoch, device, waiting or running for how long."""
+    now = time.time() if now is None else now
+    rows = []
+    for position, entry in enumerate(entries, start=1):
+        since = entry.get("queued_at")
+        age = now - since if isinstance(since, (int, float)) and since > 0 else None
+        rows.append({"#": position, "run": str(entry.get("run_id", "")), "state": str(entry.get("state", "")),
+                     "epoch": entry.get("epoch", 0), "device": str(entry.get("device", "")),
+                     "since": format_seconds(age) + " ago" if age is not None else ""})
+    return pd.DataFrame(rows, columns=["#", "run", "state", "epoch", "device", "since"])
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -640,26 +659,11 @@ def classify(predictor: Any, image: Image.Image, *, top: int = 3) -> Answer:
                   (time.perf_counter() - started) * 1000, tensor)
 
 
-def saliency_overlay(predictor: Any, answer: Answer) -> np.ndarray:
-    """Grad-CAM of the predicted class over the image the model saw (uint8 H, W, 3)."""
+def saliency_overlay(predictor: Any, answer: Answer) -> tuple[np.ndarray, bool]:
+    """Grad-CAM of the predicted class over the image the model saw (uint8 H, W, 3), and whether
+    the map shows anything: at small inputs the last block is one cell, and the map is flat."""
     from speedsign.saliency import grad_cam, overlay_heatmap
 
     heat = grad_cam(predictor, answer.tensor)
-    return overlay_heatmap(answer.tensor.permute(1, 2, 0).numpy(), heat)
-
-
-def image_to_png(image: np.ndarray | Image.Image) -> bytes:
-    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def read_eval_json(info: RunInfo) -> dict[str, Any] | None:
-    """eval_val.json of a run, or None when missing or damaged."""
-    try:
-        data = read_json(info.run_dir / "eval_val.json")
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
+    informative = bool(heat.size) and float(heat.max() - heat.min()) > 1e-3
+    return overlay_heatmap(answer.tensor.permute(1, 2, 0).numpy(), heat), informative

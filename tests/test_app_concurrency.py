@@ -8,6 +8,7 @@ one (`jobs.launch`), and is cancelled at the end with the page's cancel call.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import AppTest, app_test
 
 from speedsign import jobs
 from speedsign.config import resolve_config
@@ -25,6 +26,48 @@ from speedsign.runs import effective_state, read_status
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 SESSIONS = 5
+
+
+@contextlib.contextmanager
+def one_runtime_for_all_sessions():
+    """One Streamlit runtime shared by every session, as a real server has.
+
+    AppTest is built for one session at a time: each run swaps process globals in and out
+    (`Runtime._instance`, set then reset to None; `config.get_option`, patched for
+    "global.appTest" and restored). Five threads would race on those swaps (a session
+    finding no runtime mid-run, or losing the app-test option), which tests AppTest, not the
+    app. So here the runtime is set once for all, and the per-run swaps land on a stand-in.
+    """
+    from unittest import mock
+
+    from streamlit.components.v2.component_manager import BidiComponentManager
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.caching.storage.dummy_cache_storage import MemoryCacheStorageManager
+    from streamlit.runtime.dataframe_source_manager import DataframeSourceManager
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1.util import patch_config_options
+
+    shared = mock.MagicMock(spec=Runtime)
+    shared.media_file_mgr = MediaFileManager(MemoryMediaFileStorage("/mock/media"))
+    shared.dataframe_source_mgr = DataframeSourceManager()
+    shared.cache_storage_manager = MemoryCacheStorageManager()
+    components = BidiComponentManager()
+    components.discover_and_register_components(start_file_watching=False)
+    shared.bidi_component_registry = components
+
+    class StandIn:
+        _instance = None
+
+    previous = Runtime._instance
+    with (mock.patch.object(app_test, "Runtime", StandIn),
+          mock.patch.object(app_test, "patch_config_options", lambda overrides: contextlib.nullcontext()),
+          patch_config_options({"global.appTest": True})):
+        Runtime._instance = shared
+        try:
+            yield
+        finally:
+            Runtime._instance = previous
 
 
 def wait_for(predicate, *, timeout: float, what: str) -> None:
@@ -80,10 +123,11 @@ def test_five_classify_sessions_render_while_a_job_trains(
                 results[number] = error
 
         threads = [threading.Thread(target=session, args=(n,)) for n in range(SESSIONS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=180)
+        with one_runtime_for_all_sessions():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=180)
         assert len(results) == SESSIONS
         for number, result in sorted(results.items()):
             assert isinstance(result, AppTest), f"session {number}: {result!r}"

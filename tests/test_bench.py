@@ -15,7 +15,7 @@ import torch
 
 from bench import cli, report, tutorial
 from bench.options import FULL, QUICK
-from bench.workspace import subset_index, tutorial_folder
+from bench.workspace import copy_track_subset, subset_index, tutorial_folder
 from speedsign.data import scan_dataset
 
 APPROACHES = ("finetune", "frozen", "scratch")
@@ -43,6 +43,7 @@ def test_quick_bench_writes_the_json_contract(tmp_path: Path, synth_dir: Path, w
                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(tiny_args(synth_dir, weights_file, tmp_path)) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
+    assert "errors" not in data
 
     machine = data["machine"]
     assert machine["cpu"] and machine["cores"] >= 1 and "load_average" in machine and "gpu" in machine
@@ -114,6 +115,18 @@ def test_tutorial_is_the_tutorials_recipe(synth_dir: Path, weights_file: Path, t
     assert loaders["train"].batch_size == 4 and sorted(classes) == sorted(index.classes)
 
 
+def test_track_subset_copies_whole_tracks(synth_dir: Path, tmp_path: Path) -> None:
+    index = scan_dataset(synth_dir)
+    out = copy_track_subset(index, tmp_path / "subset", tracks_per_class=2, seed=0)
+    small = scan_dataset(out)
+    assert small.classes == index.classes
+    groups = {s.group for split in small.splits.values() for s in split}
+    assert len(groups) == 2 * len(index.classes)  # whole tracks: 2 per class, every frame kept
+    frames = sum(len(split) for split in small.splits.values())
+    everything = [s for split in index.splits.values() for s in split]
+    assert frames == sum(1 for s in everything if s.group in groups)
+
+
 def test_subset_index_keeps_the_split(synth_dir: Path) -> None:
     index = scan_dataset(synth_dir)
     small = subset_index(index, train=10, val=5, seed=0)
@@ -126,6 +139,7 @@ def _results() -> dict:
     return {
         "train_speedup": {"finetune": 25.0, "scratch": 12.0},
         "frozen_cache_speedup": 20.0,
+        "frozen_cache": {"epochs": 25},
         "predict_ms": {"finetune": {"p50": 5.0, "p95": 9.0}},
         "predict_all_ms": {"p50": 15.0, "p95": 90.0},
         "peak_rss_mb": {"finetune": 900.0},

@@ -259,6 +259,28 @@ def test_cancel_of_a_job_waiting_in_the_queue_cancels_it(tiny_data: Path, tmp_pa
     assert answer["epochs_run"] == 0 and not (run_dir / "metrics.jsonl").exists()
 
 
+def test_cancel_pressed_while_a_launched_job_starts_up_is_not_lost(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in job_env().items():  # what the launched job inherits
+        monkeypatch.setenv(name, value)
+    config = resolve_config(approach="scratch", overrides=overrides(epochs=8, seed=7))
+    launched = jobs.launch(TrainRequest(config=config, data_dir=tiny_data, runs_dir=tmp_path / "runs",
+                                        device="cpu"))
+    run_dir = launched.run_dir
+    try:
+        # At once: the job is still importing torch and has not written its own status yet.
+        assert status_of(run_dir).get("pid") is None
+        jobs.request_cancel(run_dir)
+        wait_for(lambda: runs.effective_state(status_of(run_dir))[0] not in runs.ACTIVE_STATES,
+                 timeout=JOB_TIMEOUT, what="the job to stop")
+    finally:
+        if runs.pid_alive(launched.pid):
+            os.kill(launched.pid, signal.SIGKILL)
+    status = status_of(run_dir)
+    assert status["state"] == "cancelled", (run_dir / "log.txt").read_text()
+    assert not status.get("epoch") and not jobs.cancel_requested(run_dir)
+
+
 # ---------------------------------------------------------------- several launches
 
 def test_two_simultaneous_launches_of_one_config_train_it_exactly_once(tiny_data: Path, tmp_path: Path) -> None:
