@@ -29,7 +29,7 @@ if data is None:
 try:
     photo = workspace.decode_photo(data)
 except ImageError as error:
-    st.error(f"That file cannot be used: {error}")
+    st.error(ui.md(f"That file cannot be used: {error}"))
     st.stop()
 
 frame, answers = st.columns([1, 3])

@@ -202,11 +202,19 @@ def clear_cancel(run_dir: Path, *, before: float | None = None) -> None:
     """Remove the cancel marker; with `before`, only a marker written earlier than that time."""
     path = Path(run_dir) / CANCEL_FILE
     try:
-        if before is not None and path.stat().st_mtime >= before:
+        if before is not None and _requested_at(path) >= before:
             return
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _requested_at(marker: Path) -> float:
+    # The time request_cancel wrote into it: file times can lag time.time() by a clock tick.
+    try:
+        return float(marker.read_text(encoding="ascii", errors="replace"))
+    except ValueError:
+        return marker.stat().st_mtime
 
 
 def queue(runs_dir: Path) -> list[dict[str, object]]:
@@ -264,10 +272,11 @@ def launch(request: "TrainRequest", *, nproc: int = 1) -> Launch:  # noqa: F821
     check_weights(request)  # a refused weights file is bad input, not a job that fails
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     clear_cancel(plan.run_dir)
-    # The job replaces this with its own pid; the heartbeat makes a job that never starts
-    # show as failed instead of queued forever.
+    # The job replaces this with its own pid and host (an earlier attempt's dead pid would
+    # show this launch as failed); the heartbeat makes a job that never starts show as
+    # failed instead of queued forever.
     write_status(plan.run_dir, state="queued", queued_at=time.time(), heartbeat=time.time(),
-                 created=status.get("created") or now_iso(), error=None,
+                 created=status.get("created") or now_iso(), error=None, pid=None, host=None,
                  epochs=request.config.epochs)
     process = launch_train(train_arguments(request), run_dir=plan.run_dir, nproc=nproc)
     return Launch(plan.run_id, plan.run_dir, "queued", False, process.pid)

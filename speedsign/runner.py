@@ -236,7 +236,7 @@ def _launched_at(run_dir: Path) -> float | None:
     except ValueError:
         return None
     queued_at = status.get("queued_at")
-    if status.get("state") == "queued" and "pid" not in status and isinstance(queued_at, (int, float)):
+    if status.get("state") == "queued" and status.get("pid") is None and isinstance(queued_at, (int, float)):
         return float(queued_at)
     return None
 

@@ -52,7 +52,7 @@ def user_errors(prefix: str = "") -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        st.error(f"{prefix}{error}", icon=":material/error:")
+        st.error(md(f"{prefix}{error}"), icon=":material/error:")
 
 
 def notify(kind: str, message: str) -> None:
@@ -62,7 +62,7 @@ def notify(kind: str, message: str) -> None:
 
 def show_notices() -> None:
     for kind, message in st.session_state.pop(_NOTICE_KEY, []):
-        getattr(st, kind)(message)
+        getattr(st, kind)(md(message))  # messages carry paths and names from disk
 
 
 def progress_reporter(label: str) -> Callable[[int, int], None]:
@@ -100,7 +100,7 @@ def first_start() -> None:
         try:
             report = workspace.ensure_first_dataset(progress=progress_reporter("Rendering signs"))
         except (UserError, OSError) as error:
-            st.error(f"Could not create the synthetic data set: {error}")
+            st.error(md(f"Could not create the synthetic data set: {error}"))
             return
     placeholder.empty()
     if report is not None:
@@ -176,7 +176,7 @@ def current_index() -> DatasetIndex | None:
     try:
         return scan(path)
     except UserError as error:
-        st.error(f"The data set {path} cannot be used: {error}")
+        st.error(md(f"The data set {path} cannot be used: {error}"))
         return None
 
 
@@ -236,7 +236,7 @@ def create_dataset(label: str, work: Callable[[Callable[[int, int], None]], tupl
     try:
         path, message = work(progress)
     except (UserError, OSError) as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(md(error), icon=":material/error:")
         return
     notify("success", message)
     use_dataset(path)
@@ -282,7 +282,7 @@ def leak_report(index: DatasetIndex) -> None:
         with st.spinner("Hashing images…", show_time=True):
             leaks = leak_table(index)
     except UserError as error:
-        st.error(str(error))
+        st.error(md(error))
         return
     if leaks.empty:
         st.success("No near-duplicates between train and val.")
@@ -302,7 +302,7 @@ def augmentation_preview(index: DatasetIndex, relative: str, *, approach: str, p
         original, versions, config = workspace.augmentation_preview(index.root, relative, approach=approach,
                                                                     preset=preset)
     except UserError as error:
-        st.error(str(error))
+        st.error(md(error))
         return
     st.image([original, *versions], width=96)
     st.caption(f"First: as evaluated ({config.img_size} px). Then recipe “{config.augment}”"
@@ -314,7 +314,7 @@ def choose_server_folder(text: str) -> None:
     try:
         index = workspace.check_server_folder(text)
     except (UserError, OSError) as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(md(error), icon=":material/error:")
         return
     notify("success", f"Using {index.root}: {sum(len(s) for s in index.splits.values()):,} images, "
                       f"{len(index.classes)} classes.")
@@ -353,7 +353,8 @@ def metrics(info: RunInfo) -> tuple[list[dict[str, Any]], str | None]:
     return _metrics(str(info.run_dir), stamp)
 
 
-@st.cache_resource(max_entries=12, show_spinner="Loading the model…")
+# A ResNet18 is ~45 MB: nine (three per approach) stay well inside a 2.7 GB Community Cloud box.
+@st.cache_resource(max_entries=9, show_spinner="Loading the model…")
 def _predictor(run_dir: str, stamp: int) -> Any:
     import torch
 
@@ -437,7 +438,7 @@ def comparison(index: DatasetIndex) -> None:
             measured = _latency(str(info.run_dir), workspace.mtime_ns(info.run_dir / "best.pt"),
                                 str(index.root), index.fingerprint)
         except UserError as error:
-            st.warning(f"{approach}: latency not measured ({error})")
+            st.warning(md(f"{approach}: latency not measured ({error})"))
             continue
         if measured is not None:
             latency[info.run_id] = measured["p50"]
@@ -464,28 +465,28 @@ def job_card(info: RunInfo) -> None:
         if view.active:
             if button.button("Cancel", key=f"cancel-{view.run_id}", icon=":material/cancel:"):
                 if jobs.request_cancel(info.run_dir):
-                    st.toast(f"Asked {view.run_id} to stop after this step.")
+                    st.toast(md(f"Asked {view.run_id} to stop after this step."))
                 else:
-                    st.toast(f"{view.run_id} was not running any more.")
+                    st.toast(md(f"{view.run_id} was not running any more."))
             text = f"epoch {view.epoch}/{view.epochs}"
             if view.phase:
                 text += f" · {view.phase}"
             if view.state == "running":
                 text += f" · {workspace.format_seconds(view.seconds_left)} left"
-            st.progress(view.fraction, text=text)
+            st.progress(view.fraction, text=md(text))
         columns = st.columns(3)
         columns[0].metric("Val accuracy (last epoch)", "–" if view.val_acc is None else f"{view.val_acc:.3f}")
         columns[1].metric("Best val accuracy", "–" if view.best_val_acc is None else f"{view.best_val_acc:.3f}")
         columns[2].metric("Images/s", "–" if view.images_per_s is None else f"{view.images_per_s:,.0f}")
         if view.state == "failed":
-            st.error(f"Failed: {view.error or 'no reason recorded (see log.txt in the run folder)'}")
+            st.error(md(f"Failed: {view.error or 'no reason recorded (see log.txt in the run folder)'}"))
         elif view.state == "cancelled":
             st.warning("Cancelled: launching the same settings again resumes from the last finished epoch.")
         elif view.state == "done":
             st.success(f"Finished: {view.epoch} epoch(s), best val accuracy "
                        f"{(view.best_val_acc or 0):.3f}.")
         if view.damaged or problem:
-            st.warning(f"Run folder problem: {view.damaged or problem}")
+            st.warning(md(f"Run folder problem: {view.damaged or problem}"))
 
 
 def live_jobs(session_runs: Sequence[str]) -> None:
@@ -504,7 +505,7 @@ def live_jobs(session_runs: Sequence[str]) -> None:
         for run_id in ids:
             info = runs.get(run_id)
             if info is None:
-                st.warning(f"Run {run_id}: its folder is gone (deleted?).")
+                st.warning(md(f"Run {run_id}: its folder is gone (deleted?)."))
                 continue
             job_card(info)
         if queue:
@@ -550,18 +551,18 @@ def launch(requests: Sequence[Any], *, nproc: int = 1) -> None:
         try:
             result = jobs.launch(request, nproc=nproc)
         except (UserError, OSError) as error:
-            st.error(f"{approach}: {error}")
+            st.error(md(f"{approach}: {error}"))
             continue
         if result.run_id not in launched:
             launched.append(result.run_id)
         if result.cached:
             info = find_run(result.run_id)
             best = f"best val accuracy {info.best_val_acc:.3f}" if info and info.best_val_acc is not None else ""
-            st.success(f"{approach}: these settings on this data set already finished as run "
-                       f"{result.run_id} ({best}). Shown below; see Learning curves and Evaluation.")
+            st.success(md(f"{approach}: these settings on this data set already finished as run "
+                          f"{result.run_id} ({best}). Shown below; see Learning curves and Evaluation."))
         else:
-            st.info(f"{approach}: run {result.run_id} is {result.state} in the background; "
-                    "follow it below (closing this tab does not stop it).")
+            st.info(md(f"{approach}: run {result.run_id} is {result.state} in the background; "
+                       "follow it below (closing this tab does not stop it)."))
 
 
 # ---------------------------------------------------------------- learning curves
@@ -584,17 +585,17 @@ def curves(run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
             info = current.get(run_id)
             if info is None:
-                st.warning(f"Run {run_id}: its folder is gone (deleted?).")
+                st.warning(md(f"Run {run_id}: its folder is gone (deleted?)."))
                 continue
             rows, problem = metrics(info)
             if problem:
-                st.warning(f"{info.run_id}: {problem}; the readable epochs are shown.")
+                st.warning(md(f"{info.run_id}: {problem}; the readable epochs are shown."))
             if info.state == "failed":
-                st.error(f"{info.run_id} failed: {info.status.get('error') or 'see its log.txt'}")
+                st.error(md(f"{info.run_id} failed: {info.status.get('error') or 'see its log.txt'}"))
             if not rows:
                 if info.state in ACTIVE_STATES:
                     phase = info.status.get("phase") or info.state
-                    st.info(f"{info.run_id} is {info.state} ({phase}): its first epoch is not finished yet.")
+                    st.info(md(f"{info.run_id} is {info.state} ({phase}): its first epoch is not finished yet."))
                 continue
             series[info.run_id] = rows  # the id starts with the approach
         if not series:
@@ -640,7 +641,7 @@ def evaluation_panel(info: RunInfo, split: str, *, key: str) -> None:
     try:
         result = evaluation(info, split)
     except UserError as error:
-        st.error(str(error))
+        st.error(md(error))
         return
     tables = workspace.evaluation_tables(result)
     low, high = tables.interval
@@ -675,7 +676,7 @@ def gallery(result: workspace.Evaluation, *, key: str) -> None:
         return
     root = result.data_dir
     if root is None or not root.is_dir():
-        st.warning(f"The data folder {root} is gone: mistakes are listed without their images.")
+        st.warning(md(f"The data folder {root} is gone: mistakes are listed without their images."))
         st.dataframe(wrong[["file", "true", "predicted", "confidence"]], hide_index=True)
         return
     columns = st.columns(4)
@@ -710,9 +711,9 @@ def answer_card(info: RunInfo, photo: Any, *, saliency: bool, key: str) -> None:
         model = predictor(info)
         answer = workspace.classify(model, photo)
     except UserError as error:
-        st.error(str(error))
+        st.error(md(error))
         return
-    st.metric("Prediction", answer.label, help=f"top-1 probability {answer.probs[0]:.1%}")
+    st.metric("Prediction", md(answer.label), help=f"top-1 probability {answer.probs[0]:.1%}")
     st.plotly_chart(plots.topk_bars(answer.labels, answer.probs), key=f"{key}-top")
     st.caption(f"{answer.milliseconds:.1f} ms (resize + forward, CPU)" if model.device.type == "cpu"
                else f"{answer.milliseconds:.1f} ms")

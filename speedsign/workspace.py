@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -163,8 +164,6 @@ def import_zip(source: bytes | BinaryIO, *, name: str, root: Path | None = None,
     except UserError:
         # The zip unpacked but cannot make a classifier (one class, val without train, ...):
         # what we just wrote goes, nothing else does.
-        import shutil
-
         shutil.rmtree(out, ignore_errors=True)
         raise
     return out, report, index

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -91,8 +92,13 @@ def start(page: str | None = None) -> AppTest:
     return at
 
 
+def plain(text: object) -> str:
+    """Page text as a reader sees it: names from disk are markdown-escaped (\\. for .)."""
+    return re.sub(r"\\(.)", r"\1", str(text))
+
+
 def texts(at: AppTest, kind: str) -> list[str]:
-    return [str(element.value) for element in getattr(at, kind)]
+    return [plain(element.value) for element in getattr(at, kind)]
 
 
 def everything(at: AppTest) -> str:
@@ -100,7 +106,7 @@ def everything(at: AppTest) -> str:
     parts = []
     for kind in kinds:
         for element in getattr(at, kind):
-            parts.append(str(getattr(element, "label", "")) + " " + str(element.value))
+            parts.append(plain(getattr(element, "label", "")) + " " + plain(element.value))
     return "\n".join(parts)
 
 
@@ -239,6 +245,25 @@ def test_server_folder_with_classes_becomes_the_data_set(with_data: dict[str, Pa
     assert at.sidebar.selectbox(key="dataset").value == str(synth_dir)
     at.switch_page("app_pages/train.py").run()  # the choice holds on every page
     assert at.sidebar.selectbox(key="dataset").value == str(synth_dir)
+
+
+def test_hostile_class_names_are_shown_literally(with_data: dict[str, Path], synth_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "hostile"
+    image = png_bytes(a_sign(synth_dir))
+    names = ["[30](javascript:alert(1))", "<img src=x onerror=alert(1)>"]
+    for name in names:
+        for split in ("train", "val"):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(2):
+                (folder / split / name / f"{i}.png").write_bytes(image)
+    at = start("dataset")
+    at.text_input(key="server-folder").set_value(str(folder)).run()
+    next(b for b in at.button if b.label == "Use this folder").click().run()
+    assert_clean(at)
+    captions = [c.value for c in at.caption]
+    assert r"\[30\]\(javascript\:alert\(1\)\)" in captions
+    assert r"\<img src\=x onerror\=alert\(1\)\>" in captions
+    assert not any("<img" in c and r"\<img" not in c for c in captions)
 
 
 def test_gtsrb_import_offline_without_source_is_a_clear_error(with_data: dict[str, Path], tmp_path: Path) -> None:
@@ -556,3 +581,58 @@ def test_markdown_escaping_of_untrusted_names() -> None:
 
     assert md("[x](http://e.vil)") == r"\[x\]\(http\://e\.vil\)"
     assert md("<b>*x*</b>") == r"\<b\>\*x\*\</b\>"
+
+
+def test_job_view_estimates_time_left_from_epoch_durations(runs_with_results: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = fake_job(tmp_path, runs_with_results["scratch"])
+    info = inspect_run(run_dir)
+    rows = [{"epoch": 1, "seconds": 10.0, "val_acc": 0.5, "images_per_s": 100.0}]
+    view = workspace.job_view(info, rows)
+    assert view.state == "running" and view.active
+    assert view.epoch == 1 and view.epochs == 2
+    assert view.fraction == pytest.approx((1 + 1 / 4) / 2)
+    assert view.seconds_left == pytest.approx(10.0 * (2 - 1 - 0.25))
+    assert workspace.format_seconds(view.seconds_left) == "8 s"
+    assert workspace.format_seconds(None) == "estimating…"
+    assert workspace.format_seconds(3725) == "1 h 02 min"
+    frame = workspace.queue_frame([{"run_id": "a", "state": "queued", "queued_at": 100.0, "epoch": 0,
+                                    "device": "cpu"}], now=190.0)
+    assert frame.iloc[0]["since"] == "1 min 30 s ago"
+
+
+def test_process_count_control_only_with_several_gpus(with_runs: dict[str, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    at = start("train")
+    assert not [n for n in at.number_input if n.key == "train-nproc"]
+    from speedsign import ui
+
+    monkeypatch.setattr(ui, "gpu_count", lambda: 4)
+    at.run()
+    assert_clean(at)
+    assert at.number_input(key="train-nproc").value == 4
+
+
+def test_evaluation_on_the_test_split(with_data: dict[str, Path], runs_with_results: dict[str, Path],
+                                      synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "with-test"
+    for class_dir in sorted((synth_dir / "train").iterdir()):
+        (data / "train" / class_dir.name).mkdir(parents=True)
+        (data / "test" / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:3]:
+            shutil.copy(image, data / "train" / class_dir.name / image.name)  # links out would be skipped
+            shutil.copy(image, data / "test" / class_dir.name / image.name)
+    runs = tmp_path / "runs-test-split"
+    run_dir = runs / runs_with_results["scratch"].name
+    shutil.copytree(runs_with_results["scratch"], run_dir, ignore=shutil.ignore_patterns("last.pt"))
+    config = json.loads((run_dir / "config.json").read_text())
+    config["data_dir"] = str(data)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("SPEEDSIGN_RUNS", str(runs))
+    at = start("evaluation")
+    assert at.selectbox(key="eval-split").options == ["val", "test"]
+    at.selectbox(key="eval-split").set_value("test").run()
+    assert_clean(at)
+    assert not at.error, texts(at, "error")
+    accuracy = next(m for m in at.metric if m.label == "test accuracy")
+    assert next(m for m in at.metric if m.label == "Images").value == "27"
+    assert 0.0 <= float(accuracy.value) <= 1.0

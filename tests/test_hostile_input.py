@@ -29,7 +29,7 @@ from speedsign.data import dataset_stats, scan_dataset
 from speedsign.errors import UserError
 from speedsign.images import ImageError, image_to_tensor
 from speedsign.models import resolve_weights
-from speedsign.predict import Predictor, predict_files
+from speedsign.predict import Predictor
 from speedsign.runner import load_resume
 
 

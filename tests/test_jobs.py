@@ -193,3 +193,32 @@ def test_launch_of_a_run_in_progress_starts_nothing(tiny_data: Path, tmp_path: P
         assert jobs.launch(request).cached is False and not (run_dir / "log.txt").exists()
     with pytest.raises(UserError, match="nproc"):
         jobs.launch(request, nproc=0)
+
+
+def test_relaunch_of_a_failed_run_shows_queued_and_keeps_a_cancel_pressed_meanwhile(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from speedsign.runner import _launched_at
+
+    config = resolve_config(approach="scratch", overrides={"img_size": 16, "epochs": 1, "batch_size": 8})
+    request = TrainRequest(config=config, data_dir=tiny_data, runs_dir=tmp_path / "runs", device="cpu")
+    run_dir = plan_run(request).run_dir
+    run_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    runs.atomic_write_json({"state": "failed", "pid": dead.pid, "host": socket.gethostname(),
+                            "heartbeat": time.time() - 3600, "epoch": 1}, run_dir / "status.json")
+    (run_dir / jobs.CANCEL_FILE).write_text("an old request")
+    started: list[list[str]] = []
+    monkeypatch.setattr(jobs, "launch_train", lambda args, **_: started.append(args) or SimpleNamespace(pid=4242))
+    launched = jobs.launch(request)
+    assert launched.state == "queued" and launched.pid == 4242 and len(started) == 1
+    assert not jobs.cancel_requested(run_dir)  # the old request is gone
+    # Until the job writes its own status, the old attempt's dead pid must not make it look failed.
+    assert runs.inspect_run(run_dir).state == "queued"
+    launched_at = _launched_at(run_dir)
+    assert launched_at is not None
+    jobs.request_cancel(run_dir)  # pressed while the job imports torch
+    jobs.clear_cancel(run_dir, before=launched_at)  # what the job does when it starts
+    assert jobs.cancel_requested(run_dir)  # kept: the job will stop at once
