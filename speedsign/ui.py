@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import runpy
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -40,6 +42,35 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$=^&\"'])")
 
 
 # ---------------------------------------------------------------- small helpers
+
+APP_SCRIPT = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+_router = threading.local()
+
+
+@contextlib.contextmanager
+def routing() -> Iterator[None]:
+    """Marks this session's script run as going through the router (streamlit_app.py)."""
+    _router.active = True
+    try:
+        yield
+    finally:
+        _router.active = False
+
+
+def through_router() -> None:
+    """Run the router instead when Streamlit ran a page file on its own.
+
+    Streamlit treats a `pages/` folder as the old multipage layout until some session has
+    called st.navigation (a fresh server's first request for /train, or AppTest): then it
+    runs pages/train.py directly, without the sidebar and data-set choice. Each page calls
+    this first, so that case goes through streamlit_app.py, whose st.navigation picks the
+    same page.
+    """
+    if getattr(_router, "active", False):
+        return
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+    st.stop()
+
 
 def md(text: object) -> str:
     """Untrusted text made literal for st.markdown / captions (every markup character escaped)."""
@@ -429,7 +460,7 @@ def comparison(index: DatasetIndex) -> None:
         else:
             st.info("No finished runs on this data set yet. Launch the three approaches on the Train page; "
                     "their comparison appears here.", icon=":material/model_training:")
-        goto("app_pages/train.py", "Go to Train", ":material/model_training:")
+        goto("pages/train.py", "Go to Train", ":material/model_training:")
         return
     latency: dict[str, float] = {}
     tails: list[str] = []
@@ -567,12 +598,6 @@ def launch(requests: Sequence[Any], *, nproc: int = 1) -> None:
 
 # ---------------------------------------------------------------- learning curves
 
-def _legend_below(figure: Any) -> Any:
-    """Run ids are long: a legend under the plot leaves the plot its width."""
-    figure.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.25, "x": 0})
-    return figure
-
-
 def curves(run_ids: Sequence[str]) -> None:
     """Loss, accuracy and learning rate per epoch of the chosen runs; live while any trains."""
     runs = {info.run_id: info for info in list_runs()}
@@ -600,13 +625,14 @@ def curves(run_ids: Sequence[str]) -> None:
             series[info.run_id] = rows  # the id starts with the approach
         if not series:
             return
+        # Full width, one under the other: run ids make long legends, which would squeeze
+        # two side-by-side plots.
         frame = workspace.curves_frame(series)
-        left, right = st.columns(2)
-        left.plotly_chart(_legend_below(plots.learning_curves(frame, value="loss")), key="curve-loss")
-        right.plotly_chart(_legend_below(plots.learning_curves(frame, value="acc")), key="curve-acc")
+        st.plotly_chart(plots.learning_curves(frame, value="loss"), key="curve-loss")
+        st.plotly_chart(plots.learning_curves(frame, value="acc"), key="curve-acc")
         lr = workspace.lr_frame(series)
         if not lr.empty:
-            st.plotly_chart(_legend_below(plots.lr_curve(lr)), key="curve-lr")
+            st.plotly_chart(plots.lr_curve(lr), key="curve-lr")
         if any(current.get(r) is not None and current[r].state in ACTIVE_STATES for r in run_ids):
             st.caption(f"Updating every {POLL_SECONDS:.0f} s while a job trains.")
 

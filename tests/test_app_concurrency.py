@@ -115,7 +115,7 @@ def test_five_classify_sessions_render_while_a_job_trains(
         def session(number: int) -> None:
             try:
                 at = AppTest.from_file(str(APP), default_timeout=90).run()
-                at.switch_page("app_pages/classify.py").run()
+                at.switch_page("pages/classify.py").run()
                 barrier.wait(timeout=60)  # all five classify at the same moment
                 at.file_uploader(key="classify-upload").set_value(("sign.png", photo, "image/png")).run()
                 results[number] = at

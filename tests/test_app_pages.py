@@ -88,7 +88,7 @@ def fake_job(runs_dir: Path, source_run: Path, *, state: str = "running", run_id
 def start(page: str | None = None) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     if page is not None and page != "home":
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(f"pages/{page}.py").run()
     return at
 
 
@@ -139,17 +139,17 @@ def test_first_start_creates_the_synthetic_set_and_every_page_renders(app_env: d
     assert at.sidebar.selectbox(key="dataset").value == str(app_env["data"] / "synth")
     assert "No finished runs on this data set yet" in everything(at)
     for page in PAGES[1:]:
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(f"pages/{page}.py").run()
         assert_clean(at)
         assert at.sidebar.selectbox(key="dataset").value == str(app_env["data"] / "synth"), page
     # Empty states say what to do next.
-    at.switch_page("app_pages/curves.py").run()
+    at.switch_page("pages/curves.py").run()
     assert "No runs yet" in everything(at)
-    at.switch_page("app_pages/evaluation.py").run()
+    at.switch_page("pages/evaluation.py").run()
     assert "No finished runs yet" in everything(at)
-    at.switch_page("app_pages/classify.py").run()
+    at.switch_page("pages/classify.py").run()
     assert "No finished model yet" in everything(at)
-    at.switch_page("app_pages/train.py").run()
+    at.switch_page("pages/train.py").run()
     assert "No job is running" in everything(at)
 
 
@@ -243,7 +243,7 @@ def test_server_folder_with_classes_becomes_the_data_set(with_data: dict[str, Pa
     next(b for b in at.button if b.label == "Use this folder").click().run()
     assert_clean(at)
     assert at.sidebar.selectbox(key="dataset").value == str(synth_dir)
-    at.switch_page("app_pages/train.py").run()  # the choice holds on every page
+    at.switch_page("pages/train.py").run()  # the choice holds on every page
     assert at.sidebar.selectbox(key="dataset").value == str(synth_dir)
 
 
@@ -417,19 +417,19 @@ def test_every_page_with_only_a_running_job(with_running_job: Path) -> None:
     at = start()
     assert_clean(at)
     assert "training now" in everything(at)
-    at.switch_page("app_pages/train.py").run()
+    at.switch_page("pages/train.py").run()
     assert_clean(at)
     assert any(b.label == "Cancel" for b in at.button)
     bars = at.get("progress")
     assert bars and "left" in everything(at) + " ".join(str(b.proto.text) for b in bars)
-    at.switch_page("app_pages/curves.py").run()
+    at.switch_page("pages/curves.py").run()
     assert_clean(at)
     assert len(plotly_charts(at)) == 3
     assert "Updating every" in everything(at)
-    at.switch_page("app_pages/evaluation.py").run()
+    at.switch_page("pages/evaluation.py").run()
     assert_clean(at)
     assert "still running" in everything(at)
-    at.switch_page("app_pages/classify.py").run()
+    at.switch_page("pages/classify.py").run()
     assert_clean(at)
     assert "training now" in everything(at)
 
@@ -466,7 +466,7 @@ def test_failed_job_shows_its_error(with_data: dict[str, Path], runs_with_result
     at.run()
     assert_clean(at)
     assert any(message in s for s in texts(at, "error")), texts(at, "error")
-    at.switch_page("app_pages/curves.py").run()
+    at.switch_page("pages/curves.py").run()
     assert_clean(at)
     assert any(message in s for s in texts(at, "error"))
 
@@ -539,9 +539,9 @@ def test_run_folder_deleted_while_the_app_runs(with_data: dict[str, Path], runs_
     at.session_state["launched_runs"] = [runs_with_results["scratch"].name]
     shutil.rmtree(runs / runs_with_results["scratch"].name)
     for page in PAGES:
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(f"pages/{page}.py").run()
         assert_clean(at)
-    at.switch_page("app_pages/train.py").run()
+    at.switch_page("pages/train.py").run()
     assert "folder is gone" in everything(at)
 
 

@@ -4,6 +4,8 @@ import streamlit as st
 
 from speedsign import ui, workspace
 
+ui.through_router()
+
 st.title("Evaluation")
 
 runs = ui.list_runs()
@@ -14,7 +16,7 @@ if not usable:
         st.info("A job is still running: its evaluation appears here when it finishes.")
     else:
         st.info("No finished runs yet. Train one on the Train page.")
-        ui.goto("app_pages/train.py", "Go to Train", ":material/model_training:")
+        ui.goto("pages/train.py", "Go to Train", ":material/model_training:")
     st.stop()
 
 labels = {info.run_id: workspace.run_label(info) for info in usable}

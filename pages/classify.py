@@ -5,6 +5,8 @@ import streamlit as st
 from speedsign import ui, workspace
 from speedsign.images import ImageError
 
+ui.through_router()
+
 st.title("Classify")
 
 runs = ui.list_runs()

@@ -5,6 +5,8 @@ import streamlit as st
 from speedsign import plots, ui, workspace
 from speedsign.config import APPROACHES, PRESETS
 
+ui.through_router()
+
 st.title("Dataset")
 
 st.subheader("Choose or create a data set")

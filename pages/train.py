@@ -5,6 +5,8 @@ import streamlit as st
 from speedsign import ui, workspace
 from speedsign.config import APPROACHES, PRESETS
 
+ui.through_router()
+
 st.title("Train")
 st.caption("Each launch is a background process: reruns, other pages and closed tabs never stop it.")
 

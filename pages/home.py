@@ -4,6 +4,8 @@ import streamlit as st
 
 from speedsign import ui
 
+ui.through_router()
+
 st.title("Speed-limit signs, three ways")
 st.caption("ResNet18 fine-tuned, frozen with a new head, and trained from scratch: which works best, and why.")
 
@@ -11,7 +13,7 @@ st.markdown(f"Device: **{ui.md(ui.device_text())}**")
 index = ui.current_index()
 if index is None:
     st.info("No usable data set: create or choose one on the Dataset page.")
-    ui.goto("app_pages/dataset.py", "Go to Dataset", ":material/photo_library:")
+    ui.goto("pages/dataset.py", "Go to Dataset", ":material/photo_library:")
 else:
     st.markdown(f"Data set in use: **{ui.md(index.root.name)}**")
     ui.dataset_summary(index)
