@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from speedsign.config import APPROACHES, AUGMENTS, OPTIMIZERS, PRESETS, SCHEDULES, resolve_config
+from speedsign.config import APPROACHES, AUGMENTS, OPTIMIZERS, PRESETS, RESIZES, SCHEDULES, resolve_config
 from speedsign.errors import UserError
 
 EXIT_USAGE = 2
@@ -69,6 +69,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=_finite_float)
     parser.add_argument("--patience", type=_int, help="early stopping after N epochs without progress")
     parser.add_argument("--augment", choices=AUGMENTS)
+    parser.add_argument("--resize", choices=RESIZES, help="square, or the tutorial's resize + center crop")
     parser.add_argument("--val-fraction", type=_finite_float)
     parser.add_argument("--seed", type=_int)
     parser.add_argument("--weights", help="imagenet, a weights file, or run:ID (default: the preset's)")
@@ -86,7 +87,8 @@ def config_from_args(args: argparse.Namespace):
         "epochs": args.epochs, "img_size": args.img_size, "batch_size": args.batch_size, "lr": args.lr,
         "optimizer": args.optimizer, "schedule": args.schedule, "momentum": args.momentum,
         "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-        "patience": args.patience, "augment": args.augment, "val_fraction": args.val_fraction,
+        "patience": args.patience, "augment": args.augment, "resize": args.resize,
+        "val_fraction": args.val_fraction,
         "seed": args.seed, "weights": args.weights,
     }
     return resolve_config(approach=args.approach, preset=args.preset, overrides=overrides)

@@ -156,10 +156,17 @@ def launch_train(args: Sequence[str], *, run_dir: Path, nproc: int = 1,
         # the dashboard (or Ctrl-C in its terminal) does not kill training.
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _python_path(),
+                                     **(env or {})},
                                 cwd=os.getcwd())
     finally:
         log.close()
+
+
+def _python_path() -> str:
+    """This speedsign first on the job's path, whatever folder the launcher runs in."""
+    package_parent = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
 
 
 def request_cancel(run_dir: Path) -> bool:
@@ -242,7 +249,8 @@ def train_arguments(request: "TrainRequest") -> list[str]:  # noqa: F821 (runner
              "lr": repr(config.lr), "optimizer": config.optimizer, "schedule": config.schedule,
              "momentum": repr(config.momentum), "weight-decay": repr(config.weight_decay),
              "label-smoothing": repr(config.label_smoothing), "patience": config.patience,
-             "augment": config.augment, "val-fraction": repr(config.val_fraction), "seed": config.seed,
+             "augment": config.augment, "resize": config.resize, "val-fraction": repr(config.val_fraction),
+             "seed": config.seed,
              "weights": config.weights}
     for name, value in flags.items():
         args += [f"--{name}", str(value)]
@@ -255,7 +263,8 @@ def train_arguments(request: "TrainRequest") -> list[str]:  # noqa: F821 (runner
 
 def launch(request: "TrainRequest", *, nproc: int = 1) -> Launch:  # noqa: F821
     """Start a training as a background job, unless its run is finished or already going."""
-    from speedsign.runner import check_weights, is_finished, plan_run
+    from speedsign.runner import check_weights, device_key, is_finished, plan_run, write_run_config
+    from speedsign.train import pick_device
 
     if nproc < 1:
         raise UserError("nproc must be at least 1")
@@ -270,13 +279,17 @@ def launch(request: "TrainRequest", *, nproc: int = 1) -> Launch:  # noqa: F821
     if is_locked(plan.run_dir) or state in ACTIVE_STATES:
         return Launch(plan.run_id, plan.run_dir, state or "running", False, status.get("pid"))
     check_weights(request)  # a refused weights file is bad input, not a job that fails
+    device = pick_device(request.device)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    # config.json and the device now, not when the job starts: the run lists as a real run
+    # at once, and queue order (first come, first served) counts it from this moment.
+    write_run_config(plan, request)
     clear_cancel(plan.run_dir)
     # The job replaces this with its own pid and host (an earlier attempt's dead pid would
     # show this launch as failed); the heartbeat makes a job that never starts show as
     # failed instead of queued forever.
     write_status(plan.run_dir, state="queued", queued_at=time.time(), heartbeat=time.time(),
                  created=status.get("created") or now_iso(), error=None, pid=None, host=None,
-                 epochs=request.config.epochs)
+                 epochs=request.config.epochs, device_key=device_key(device))
     process = launch_train(train_arguments(request), run_dir=plan.run_dir, nproc=nproc)
     return Launch(plan.run_id, plan.run_dir, "queued", False, process.pid)

@@ -1,0 +1,202 @@
+"""Real-browser tests: the app under `streamlit run`, driven by headless Chromium.
+
+Debian's /usr/bin/chromium, driven by Playwright's Python package (its own browser download
+is not used). The server gets the three finished tiny runs of `runs_with_results` and the
+synthetic set they trained on. Without Chromium or Playwright these tests skip, unless
+SPEEDSIGN_REQUIRE_BROWSER=1 (as in .ci/run).
+
+Screenshots of every page go to tmp_path, or to $SPEEDSIGN_SCREENSHOTS (the README's
+docs/screenshots). For the README's pictures, point the app at real runs and data:
+
+    SPEEDSIGN_SCREENSHOTS=docs/screenshots SPEEDSIGN_SCREENSHOT_RUNS=/work/runs-real \
+    SPEEDSIGN_SCREENSHOT_DATA=../shared/data/gtsrb-speed32 \
+    python -m pytest -q tests/test_browser.py -k screenshots
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from browser_support import (CHROMIUM, CHROMIUM_ARGS, VIEWPORT, assert_clean, open_page, screenshot,
+                             streamlit_server, sync_playwright, wait_for_charts, wait_idle)
+
+APPROACHES = ("finetune", "frozen", "scratch")
+# (file name, URL path, a heading the page shows)
+PAGES = (("home", "", "Speed-limit signs, three ways"), ("dataset", "dataset", "Dataset"),
+         ("train", "train", "Train"), ("curves", "curves", "Learning curves"),
+         ("evaluation", "evaluation", "Evaluation"), ("classify", "classify", "Classify"))
+SCREENSHOTS_ENV = "SPEEDSIGN_SCREENSHOTS"  # a folder: keep the screenshots there (docs/screenshots)
+SCREENSHOT_RUNS_ENV = "SPEEDSIGN_SCREENSHOT_RUNS"  # a runs folder for the screenshots instead of the tiny runs
+SCREENSHOT_DATA_ENV = "SPEEDSIGN_SCREENSHOT_DATA"  # a data set folder for them instead of the synthetic set
+WAIT_MS = 60_000
+PERCENT = re.compile(r"\d+%")
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    start = sync_playwright()
+    with start() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def data_root_with(tmp: Path, dataset: Path) -> Path:
+    """A data root holding `dataset` (a link: same files, so the same fingerprint as its runs)."""
+    root = tmp / "data"
+    root.mkdir()
+    (root / dataset.name).symlink_to(dataset.resolve(), target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, browser: Any, runs_with_results: dict[str, Path],
+        synth_dir: Path) -> Iterator[str]:
+    """The app on the tiny finished runs and the synthetic set; its URL."""
+    tmp = tmp_path_factory.mktemp("browser-app")
+    runs = next(iter(runs_with_results.values())).parent
+    with streamlit_server(runs=runs, data=data_root_with(tmp, synth_dir), cache=tmp / "cache",
+                          log=tmp / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT, permissions=["camera"])
+    context.set_default_timeout(WAIT_MS)
+    tab = context.new_page()
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+def a_sign(dataset: Path) -> Path:
+    """A 50 km/h sign of the data set (any image when it has no speed_50 class)."""
+    for split in ("val", "train", "test", "."):
+        folder = dataset / split / "speed_50"
+        if folder.is_dir():
+            files = sorted(p for p in folder.iterdir() if p.is_file())
+            if files:
+                return files[0]
+    return next(p for p in sorted(dataset.rglob("*")) if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".ppm"})
+
+
+# ---------------------------------------------------------------- helpers
+
+def answer_cards(page: Any) -> Any:
+    """The innermost columns holding one model's answer (a "Prediction" metric)."""
+    return page.locator('[data-testid="stColumn"]').filter(
+        has=page.locator('[data-testid="stMetric"]', has_text="Prediction")).filter(
+        has_not=page.locator('[data-testid="stColumn"]'))
+
+
+def wait_for_answers(page: Any, count: int) -> None:
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
+        ".filter(m => m.innerText.includes('Prediction')).length >= n", arg=count, timeout=WAIT_MS)
+    wait_idle(page, timeout_ms=WAIT_MS)
+    wait_for_charts(page)
+
+
+def assert_every_model_answers(page: Any, runs: dict[str, Path], classes: set[str]) -> None:
+    """One card per run: its approach, its run id, a predicted class, top-k bars with percentages."""
+    cards = answer_cards(page)
+    assert cards.count() == len(runs), [cards.nth(i).inner_text() for i in range(cards.count())]
+    texts = [cards.nth(i).inner_text() for i in range(cards.count())]
+    for approach, run_dir in runs.items():
+        matching = [i for i, text in enumerate(texts) if run_dir.name in text]
+        assert len(matching) == 1, (run_dir.name, texts)
+        card = cards.nth(matching[0])
+        assert card.locator("strong", has_text=approach).count() >= 1, texts[matching[0]]
+        label = card.locator('[data-testid="stMetricValue"]').inner_text().strip()
+        assert label in classes, (approach, label)
+        bars = card.locator('[data-testid="stPlotlyChart"] .bartext, [data-testid="stPlotlyChart"] text.bartext')
+        percentages = [bars.nth(i).text_content() or "" for i in range(bars.count())]
+        assert any(PERCENT.fullmatch(p.strip()) for p in percentages), (approach, percentages)
+        assert re.search(r"\d+\.\d ms", texts[matching[0]]), texts[matching[0]]
+
+
+def upload(page: Any, image: Path) -> None:
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(image))
+
+
+def synth_classes(synth_dir: Path) -> set[str]:
+    return {p.name for p in (synth_dir / "train").iterdir() if p.is_dir()}
+
+
+# ---------------------------------------------------------------- tests
+
+def test_classify_upload_every_model_answers(app: str, page: Any, runs_with_results: dict[str, Path],
+                                             synth_dir: Path) -> None:
+    open_page(page, f"{app}/classify")
+    assert_clean(page, "classify")
+    page.get_by_text("Upload or take a photo").wait_for()
+    upload(page, a_sign(synth_dir))
+    wait_for_answers(page, len(runs_with_results))
+    assert_clean(page, "classify after the upload")
+    assert_every_model_answers(page, runs_with_results, synth_classes(synth_dir))
+
+
+def test_classify_webcam_photo_every_model_answers(app: str, page: Any, runs_with_results: dict[str, Path],
+                                                   synth_dir: Path) -> None:
+    open_page(page, f"{app}/classify")
+    page.get_by_text("Use the webcam", exact=True).click()
+    camera = page.locator('[data-testid="stCameraInput"]')
+    camera.wait_for()
+    take = camera.get_by_role("button", name="Take Photo")
+    # Enabled once Chromium's fake device streams (a test pattern).
+    page.wait_for_function(
+        "() => { const b = [...document.querySelectorAll('[data-testid=\"stCameraInput\"] button')]"
+        ".find(b => b.innerText.includes('Take Photo')); return b && !b.disabled; }", timeout=WAIT_MS)
+    take.click()
+    wait_for_answers(page, len(runs_with_results))
+    assert_clean(page, "classify after the photo")
+    assert_every_model_answers(page, runs_with_results, synth_classes(synth_dir))
+    # The photo is what the models saw: the framed picture is there.
+    assert page.get_by_text("What the models see").count() == 1
+
+
+@pytest.fixture(scope="module")
+def screenshot_app(tmp_path_factory: pytest.TempPathFactory, app: str, synth_dir: Path) -> Iterator[tuple[str, Path]]:
+    """The app to photograph and its data set: the test app, or one on real runs and data
+    ($SPEEDSIGN_SCREENSHOT_RUNS, $SPEEDSIGN_SCREENSHOT_DATA)."""
+    runs_env, data_env = os.environ.get(SCREENSHOT_RUNS_ENV), os.environ.get(SCREENSHOT_DATA_ENV)
+    if not runs_env and not data_env:
+        yield app, synth_dir
+        return
+    tmp = tmp_path_factory.mktemp("browser-shots-app")
+    dataset = Path(data_env) if data_env else synth_dir
+    runs = Path(runs_env) if runs_env else tmp / "runs"
+    for name, path in ((SCREENSHOT_DATA_ENV, dataset), (SCREENSHOT_RUNS_ENV, runs)):
+        if not path.is_dir():
+            pytest.fail(f"{name}: {path} is not a folder")
+    with streamlit_server(runs=runs, data=data_root_with(tmp, dataset), cache=tmp / "cache",
+                          log=tmp / "streamlit.log", start_s=120) as url:
+        yield url, dataset
+
+
+def test_screenshots_of_every_page(screenshot_app: tuple[str, Path], page: Any, tmp_path: Path) -> None:
+    url, dataset = screenshot_app
+    folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
+    for name, path, heading in PAGES:
+        open_page(page, f"{url}/{path}", timeout_ms=120_000)
+        page.get_by_role("heading", name=heading).first.wait_for()
+        if name == "classify":
+            upload(page, a_sign(dataset))
+            wait_for_answers(page, 1)
+        wait_idle(page, timeout_ms=120_000)
+        wait_for_charts(page)
+        assert_clean(page, name)
+        shot = screenshot(page, folder / f"{name}.png")
+        data = shot.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, (name, len(data))
