@@ -31,6 +31,7 @@ CHROMIUM_ARGS = [
     "--no-proxy-server", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
 ]
 VIEWPORT = {"width": 1400, "height": 900}
+SCREENSHOT_WIDTH = 1600  # wide enough for most of the Home comparison table
 SERVER_START_S = 60.0
 
 
@@ -75,13 +76,18 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def streamlit_server(*, runs: Path, data: Path, cache: Path, log: Path,
-                     start_s: float = SERVER_START_S) -> Iterator[str]:
-    """`streamlit run streamlit_app.py` on a free local port; yields its URL; killed after."""
+def streamlit_server(*, runs: Path, data: Path, cache: Path, log: Path, start_s: float = SERVER_START_S,
+                     one_thread: bool = True) -> Iterator[str]:
+    """`streamlit run streamlit_app.py` on a free local port; yields its URL; killed after.
+
+    one_thread: torch in the app uses one thread (tests share the cores); otherwise the
+    environment's OMP_NUM_THREADS, if any, holds."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "SPEEDSIGN_RUNS": str(runs), "SPEEDSIGN_DATA": str(data), "SPEEDSIGN_CACHE": str(cache),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1"}
+    if one_thread:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
                "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
@@ -151,14 +157,35 @@ def assert_clean(page: Any, where: str) -> None:
     assert not errors, f"{where}: {errors}"
 
 
+@contextlib.contextmanager
+def explain_failure(page: Any, folder: Path) -> Iterator[None]:
+    """On a failure, add what the page showed: its script state, its text, a screenshot."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001  (re-raised with the page's state)
+        shot = Path(folder) / "failure.png"
+        details = []
+        with contextlib.suppress(Exception):
+            details.append("script state " + str(page.locator('[data-testid="stApp"]').get_attribute(
+                "data-test-script-state", timeout=2000)))
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(shot), full_page=True, timeout=10_000)
+            details.append(f"screenshot {shot}")
+        with contextlib.suppress(Exception):
+            details.append("page text:\n" + page.locator('[data-testid="stMain"]').inner_text(timeout=2000)[-3000:])
+        raise AssertionError(f"{type(error).__name__}: {error}\n" + "\n".join(details)) from error
+
+
 def screenshot(page: Any, path: Path) -> Path:
     """The whole page as a PNG. Streamlit scrolls inside its main block, not the document,
     so the viewport is made as tall as the content first."""
+    page.set_viewport_size({"width": SCREENSHOT_WIDTH, "height": VIEWPORT["height"]})
+    page.wait_for_timeout(400)
     height = page.evaluate(
         "() => Math.max(...[...document.querySelectorAll('[data-testid=\"stMain\"], "
         "[data-testid=\"stAppViewContainer\"], [data-testid=\"stSidebar\"] > div')]"
         ".map(e => e.scrollHeight), document.body.scrollHeight)")
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": int(min(max(height, VIEWPORT["height"]), 6000))})
+    page.set_viewport_size({"width": SCREENSHOT_WIDTH, "height": int(min(max(height, VIEWPORT["height"]), 6000))})
     page.wait_for_timeout(400)  # charts re-layout to the new size
     wait_for_charts(page)
     path.parent.mkdir(parents=True, exist_ok=True)

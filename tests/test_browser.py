@@ -22,8 +22,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from browser_support import (CHROMIUM, CHROMIUM_ARGS, VIEWPORT, assert_clean, open_page, screenshot,
-                             streamlit_server, sync_playwright, wait_for_charts, wait_idle)
+from browser_support import (CHROMIUM, CHROMIUM_ARGS, VIEWPORT, assert_clean, explain_failure, open_page,
+                             screenshot, streamlit_server, sync_playwright, wait_for_charts, wait_idle)
 
 APPROACHES = ("finetune", "frozen", "scratch")
 # (file name, URL path, a heading the page shows)
@@ -37,12 +37,22 @@ WAIT_MS = 60_000
 PERCENT = re.compile(r"\d+%")
 
 
+# Checked before any other fixture (the tiny runs take a while to train): skip or fail at once.
+pytestmark = pytest.mark.usefixtures("browser_available")
+
+
 # ---------------------------------------------------------------- fixtures
 
+@pytest.fixture(scope="session")
+def browser_available() -> Any:
+    """Playwright's sync entry point; skips (fails under SPEEDSIGN_REQUIRE_BROWSER=1) without
+    Playwright or Chromium."""
+    return sync_playwright()
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    start = sync_playwright()
-    with start() as playwright:
+def browser(browser_available: Any) -> Iterator[Any]:
+    with browser_available() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             yield launched
@@ -137,66 +147,75 @@ def synth_classes(synth_dir: Path) -> set[str]:
 # ---------------------------------------------------------------- tests
 
 def test_classify_upload_every_model_answers(app: str, page: Any, runs_with_results: dict[str, Path],
-                                             synth_dir: Path) -> None:
-    open_page(page, f"{app}/classify")
-    assert_clean(page, "classify")
-    page.get_by_text("Upload or take a photo").wait_for()
-    upload(page, a_sign(synth_dir))
-    wait_for_answers(page, len(runs_with_results))
-    assert_clean(page, "classify after the upload")
-    assert_every_model_answers(page, runs_with_results, synth_classes(synth_dir))
+                                             synth_dir: Path, tmp_path: Path) -> None:
+    with explain_failure(page, tmp_path):
+        open_page(page, f"{app}/classify")
+        assert_clean(page, "classify")
+        page.get_by_text("Upload or take a photo").wait_for()
+        upload(page, a_sign(synth_dir))
+        wait_for_answers(page, len(runs_with_results))
+        assert_clean(page, "classify after the upload")
+        assert_every_model_answers(page, runs_with_results, synth_classes(synth_dir))
 
 
 def test_classify_webcam_photo_every_model_answers(app: str, page: Any, runs_with_results: dict[str, Path],
-                                                   synth_dir: Path) -> None:
-    open_page(page, f"{app}/classify")
-    page.get_by_text("Use the webcam", exact=True).click()
-    camera = page.locator('[data-testid="stCameraInput"]')
-    camera.wait_for()
-    take = camera.get_by_role("button", name="Take Photo")
-    # Enabled once Chromium's fake device streams (a test pattern).
-    page.wait_for_function(
-        "() => { const b = [...document.querySelectorAll('[data-testid=\"stCameraInput\"] button')]"
-        ".find(b => b.innerText.includes('Take Photo')); return b && !b.disabled; }", timeout=WAIT_MS)
-    take.click()
-    wait_for_answers(page, len(runs_with_results))
-    assert_clean(page, "classify after the photo")
-    assert_every_model_answers(page, runs_with_results, synth_classes(synth_dir))
-    # The photo is what the models saw: the framed picture is there.
-    assert page.get_by_text("What the models see").count() == 1
+                                                   synth_dir: Path, tmp_path: Path) -> None:
+    with explain_failure(page, tmp_path):
+        open_page(page, f"{app}/classify")
+        page.get_by_text("Use the webcam", exact=True).click()
+        camera = page.locator('[data-testid="stCameraInput"]')
+        camera.wait_for()
+        wait_idle(page)
+        # Chromium's fake device streams a test pattern. The button is enabled once the camera
+        # is granted, but a click takes nothing until the video has a frame (videoHeight > 0).
+        page.wait_for_function(
+            "() => { const c = document.querySelector('[data-testid=\"stCameraInput\"]');"
+            " const b = c && [...c.querySelectorAll('button')].find(b => b.innerText.includes('Take Photo'));"
+            " const v = c && c.querySelector('video');"
+            " return b && !b.disabled && v && v.readyState >= 2 && v.videoHeight > 0; }", timeout=WAIT_MS)
+        camera.get_by_role("button", name="Take Photo").click()
+        wait_for_answers(page, len(runs_with_results))
+        assert_clean(page, "classify after the photo")
+        assert_every_model_answers(page, runs_with_results, synth_classes(synth_dir))
+        # The photo is what the models saw: the framed picture is there.
+        assert page.get_by_text("What the models see").count() == 1
 
 
 @pytest.fixture(scope="module")
-def screenshot_app(tmp_path_factory: pytest.TempPathFactory, app: str, synth_dir: Path) -> Iterator[tuple[str, Path]]:
+def screenshot_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, browser: Any,
+                   runs_with_results: dict[str, Path], synth_dir: Path) -> Iterator[tuple[str, Path]]:
     """The app to photograph and its data set: the test app, or one on real runs and data
     ($SPEEDSIGN_SCREENSHOT_RUNS, $SPEEDSIGN_SCREENSHOT_DATA)."""
     runs_env, data_env = os.environ.get(SCREENSHOT_RUNS_ENV), os.environ.get(SCREENSHOT_DATA_ENV)
     if not runs_env and not data_env:
-        yield app, synth_dir
+        yield request.getfixturevalue("app"), synth_dir
         return
     tmp = tmp_path_factory.mktemp("browser-shots-app")
     dataset = Path(data_env) if data_env else synth_dir
-    runs = Path(runs_env) if runs_env else tmp / "runs"
+    runs = Path(runs_env) if runs_env else next(iter(runs_with_results.values())).parent
     for name, path in ((SCREENSHOT_DATA_ENV, dataset), (SCREENSHOT_RUNS_ENV, runs)):
         if not path.is_dir():
             pytest.fail(f"{name}: {path} is not a folder")
     with streamlit_server(runs=runs, data=data_root_with(tmp, dataset), cache=tmp / "cache",
-                          log=tmp / "streamlit.log", start_s=120) as url:
+                          log=tmp / "streamlit.log", start_s=120, one_thread=False) as url:
         yield url, dataset
 
 
 def test_screenshots_of_every_page(screenshot_app: tuple[str, Path], page: Any, tmp_path: Path) -> None:
     url, dataset = screenshot_app
     folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
-    for name, path, heading in PAGES:
-        open_page(page, f"{url}/{path}", timeout_ms=120_000)
-        page.get_by_role("heading", name=heading).first.wait_for()
-        if name == "classify":
-            upload(page, a_sign(dataset))
-            wait_for_answers(page, 1)
-        wait_idle(page, timeout_ms=120_000)
-        wait_for_charts(page)
-        assert_clean(page, name)
-        shot = screenshot(page, folder / f"{name}.png")
-        data = shot.read_bytes()
-        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, (name, len(data))
+    with explain_failure(page, tmp_path):
+        for name, path, heading in PAGES:
+            open_page(page, f"{url}/{path}", timeout_ms=120_000)
+            page.get_by_role("heading", name=heading).first.wait_for()
+            if name == "classify":
+                if page.get_by_text("No finished model yet").count():
+                    pytest.fail("the Classify screenshot needs a finished run in the runs folder")
+                upload(page, a_sign(dataset))
+                wait_for_answers(page, 1)
+            wait_idle(page, timeout_ms=120_000)
+            wait_for_charts(page)
+            assert_clean(page, name)
+            shot = screenshot(page, folder / f"{name}.png")
+            data = shot.read_bytes()
+            assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, (name, len(data))
