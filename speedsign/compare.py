@@ -201,30 +201,30 @@ def _number(value: Any) -> float:
 # ---------------------------------------------------------------- presenting
 
 FRAME_COLUMNS: tuple[str, ...] = (
-    "approach", "run", "preset", "val accuracy (%)", "95% CI low (%)", "95% CI high (%)", "val images",
-    "training time (s)", "training speed (images/s)", "epochs", "input size (px)", "model size (MB)",
-    "parameters (M)", "trainable parameters (M)", "latency p50 (ms)",
+    "approach", "run", "val accuracy (%)", "95% CI (%)", "val images", "training time (s)", "images/s",
+    "epochs", "input (px)", "model size (MB)", "trainable (M)", "latency p50 (ms)",
 )
 
 
 def comparison_frame(rows: Sequence[Comparison]) -> pd.DataFrame:
-    """The comparison table: one row per approach, rounded, units in the column names."""
+    """The comparison table: one row per approach, rounded, units in the column names.
+
+    Kept to what fits one screen: the interval as one text column, parameters as the
+    trainable count (all three are ResNet18s of 11.2 M parameters; frozen trains 4.6 k).
+    """
     records = [{
         "approach": r.approach,
         "run": r.run_id,
-        "preset": r.preset,
         "val accuracy (%)": round(100 * r.val_acc, 1),
-        "95% CI low (%)": round(100 * r.ci_low, 1),
-        "95% CI high (%)": round(100 * r.ci_high, 1),
+        "95% CI (%)": f"{100 * r.ci_low:.1f}-{100 * r.ci_high:.1f}",
         "val images": r.n_val,
         "training time (s)": round(r.train_seconds, 1),
-        "training speed (images/s)": round(r.images_per_s),
+        "images/s": round(r.images_per_s),
         "epochs": r.epochs,
-        "input size (px)": r.img_size,
+        "input (px)": r.img_size,
         "model size (MB)": round(r.model_mb, 1),
-        "parameters (M)": round(r.params / 1e6, 2),
-        "trainable parameters (M)": (round(r.trainable_params / 1e6, 3) if r.trainable_params is not None
-                                     else float("nan")),
+        "trainable (M)": (round(r.trainable_params / 1e6, 3) if r.trainable_params is not None
+                          else round(r.params / 1e6, 2)),
         "latency p50 (ms)": round(r.latency_ms, 1) if r.latency_ms is not None else float("nan"),
     } for r in rows]
     return pd.DataFrame(records, columns=list(FRAME_COLUMNS))

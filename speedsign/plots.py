@@ -54,7 +54,7 @@ def learning_curves(metrics: pd.DataFrame, *, value: str = "loss") -> go.Figure:
                          legend_title_text="run, split")
     if value == "acc":
         figure.update_yaxes(range=_ACCURACY_RANGE)
-    return figure
+    return _tidy(figure)
 
 
 def lr_curve(metrics: pd.DataFrame) -> go.Figure:
@@ -69,7 +69,7 @@ def lr_curve(metrics: pd.DataFrame) -> go.Figure:
             hovertemplate="epoch %{x}<br>lr %{y:.3g}",
         ))
     figure.update_layout(xaxis_title="epoch", yaxis_title="learning rate")
-    return figure
+    return _tidy(figure)
 
 
 def accuracy_vs_time(metrics: pd.DataFrame) -> go.Figure:
@@ -86,7 +86,7 @@ def accuracy_vs_time(metrics: pd.DataFrame) -> go.Figure:
     figure.update_layout(xaxis_title="training time (s, cumulative)",
                          yaxis_title="val accuracy")
     figure.update_yaxes(range=_ACCURACY_RANGE)
-    return figure
+    return _tidy(figure)
 
 
 def confusion_heatmap(
@@ -125,7 +125,7 @@ def confusion_heatmap(
     figure.update_yaxes(title_text="true", autorange="reversed", **_category_axis(names))
     side = 160 + 28 * size
     figure.update_layout(height=min(max(side, 360), 1400))
-    return figure
+    return _tidy(figure)
 
 
 def per_class_bars(scores: pd.DataFrame) -> go.Figure:
@@ -144,7 +144,7 @@ def per_class_bars(scores: pd.DataFrame) -> go.Figure:
     figure.update_layout(barmode="group", yaxis_title="score")
     figure.update_xaxes(title_text="class", **_category_axis(names))
     figure.update_yaxes(range=[0.0, 1.05])
-    return figure
+    return _tidy(figure)
 
 
 def class_counts_bar(counts: pd.DataFrame) -> go.Figure:
@@ -162,7 +162,7 @@ def class_counts_bar(counts: pd.DataFrame) -> go.Figure:
         ))
     figure.update_layout(barmode="group", yaxis_title="images", legend_title_text="split")
     figure.update_xaxes(title_text="class", **_category_axis(names))
-    return figure
+    return _tidy(figure)
 
 
 def size_histogram(sizes: pd.DataFrame) -> go.Figure:
@@ -175,7 +175,7 @@ def size_histogram(sizes: pd.DataFrame) -> go.Figure:
             hovertemplate=f"{column} %{{x}} px<br>%{{y}} images<extra></extra>",
         ))
     figure.update_layout(barmode="overlay", xaxis_title="pixels", yaxis_title="images")
-    return figure
+    return _tidy(figure)
 
 
 def reliability_diagram(table: pd.DataFrame, *, ece: float) -> go.Figure:
@@ -207,7 +207,7 @@ def reliability_diagram(table: pd.DataFrame, *, ece: float) -> go.Figure:
     )
     figure.update_xaxes(range=[0.0, 1.0])
     figure.update_yaxes(range=[0.0, 1.0])
-    return figure
+    return _tidy(figure)
 
 
 def topk_bars(labels: Sequence[str], probs: Sequence[float]) -> go.Figure:
@@ -230,6 +230,14 @@ def topk_bars(labels: Sequence[str], probs: Sequence[float]) -> go.Figure:
     figure.update_yaxes(autorange="reversed", **_category_axis(names))
     figure.update_layout(height=60 + 28 * max(len(names), 1), showlegend=False,
                          margin={"l": 10, "r": 10, "t": 10, "b": 30})
+    return _tidy(figure)
+
+
+def _tidy(figure: go.Figure) -> go.Figure:
+    """Plotly keeps a 100 px top margin for a title; without one it is an empty band."""
+    has_title = bool(figure.layout.title and figure.layout.title.text)
+    if figure.layout.margin.t is None:
+        figure.update_layout(margin={"t": 60 if has_title else 30})
     return figure
 
 

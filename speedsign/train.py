@@ -56,7 +56,7 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return f"CPU ({torch.get_num_threads()} threads)"
+        return f"CPU ({os.cpu_count()} cores)"
     return device.type.upper()
 
 

@@ -25,7 +25,6 @@ import pytest
 from browser_support import (CHROMIUM, CHROMIUM_ARGS, VIEWPORT, assert_clean, explain_failure, open_page,
                              screenshot, streamlit_server, sync_playwright, wait_for_charts, wait_idle)
 
-APPROACHES = ("finetune", "frozen", "scratch")
 # (file name, URL path, a heading the page shows)
 PAGES = (("home", "", "Speed-limit signs, three ways"), ("dataset", "dataset", "Dataset"),
          ("train", "train", "Train"), ("curves", "curves", "Learning curves"),
@@ -182,17 +181,19 @@ def test_classify_webcam_photo_every_model_answers(app: str, page: Any, runs_wit
 
 
 @pytest.fixture(scope="module")
-def screenshot_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, browser: Any,
-                   runs_with_results: dict[str, Path], synth_dir: Path) -> Iterator[tuple[str, Path]]:
+def screenshot_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                   browser: Any) -> Iterator[tuple[str, Path]]:
     """The app to photograph and its data set: the test app, or one on real runs and data
-    ($SPEEDSIGN_SCREENSHOT_RUNS, $SPEEDSIGN_SCREENSHOT_DATA)."""
+    ($SPEEDSIGN_SCREENSHOT_RUNS, $SPEEDSIGN_SCREENSHOT_DATA; the tiny runs are trained only
+    when one of them is missing)."""
     runs_env, data_env = os.environ.get(SCREENSHOT_RUNS_ENV), os.environ.get(SCREENSHOT_DATA_ENV)
     if not runs_env and not data_env:
-        yield request.getfixturevalue("app"), synth_dir
+        yield request.getfixturevalue("app"), request.getfixturevalue("synth_dir")
         return
     tmp = tmp_path_factory.mktemp("browser-shots-app")
-    dataset = Path(data_env) if data_env else synth_dir
-    runs = Path(runs_env) if runs_env else next(iter(runs_with_results.values())).parent
+    dataset = Path(data_env).resolve() if data_env else request.getfixturevalue("synth_dir")
+    runs = (Path(runs_env).resolve() if runs_env
+            else next(iter(request.getfixturevalue("runs_with_results").values())).parent)
     for name, path in ((SCREENSHOT_DATA_ENV, dataset), (SCREENSHOT_RUNS_ENV, runs)):
         if not path.is_dir():
             pytest.fail(f"{name}: {path} is not a folder")
