@@ -29,7 +29,7 @@ from bench.workspace import config_overrides, decoded_splits, tutorial_folder
 from speedsign.config import TrainConfig, resolve_config
 from speedsign.data import select_splits
 from speedsign.models import build_model, set_train_mode, trainable_parameters
-from speedsign.train import build_optimizer, build_scheduler, compute_features, epoch_generator, train_one_epoch
+from speedsign.train import resolve_precision, build_optimizer, build_scheduler, compute_features, epoch_generator, train_one_epoch
 from speedsign.augment import prepare_batch
 
 
@@ -89,7 +89,8 @@ class FastSide:
         _, _, seen = train_one_epoch(
             self.module, inputs, labels, prepare=prepare, optimizer=self.optimizer, scheduler=self.scheduler,
             per_step=self.per_step, batch_size=self.config.batch_size,
-            label_smoothing=self.config.label_smoothing, order=order, generator=generator, device=self.device)
+            label_smoothing=self.config.label_smoothing, order=order, generator=generator, device=self.device,
+            precision=resolve_precision("auto", self.device))  # what `speedsign train` uses
         synchronize(self.device)
         return seen / (time.perf_counter() - started)
 

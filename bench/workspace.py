@@ -21,7 +21,7 @@ from speedsign.data import DatasetIndex, Sample, load_decoded, scan_dataset, sel
 from speedsign.errors import UserError
 from speedsign.models import build_model, imagenet_weights_path, load_weights_file
 from speedsign.runs import atomic_torch_save
-from speedsign.train import EpochRecord, FitHooks, FitInputs, FitState, compute_features, fit
+from speedsign.train import resolve_precision, EpochRecord, FitHooks, FitInputs, FitState, compute_features, fit
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "gtsrb-speed32"
@@ -250,7 +250,8 @@ def train_fast(index: DatasetIndex, config: TrainConfig, *, device: torch.device
             on_epoch(record)
 
     started = time.perf_counter()
-    state = fit(model, inputs, config=config, device=device, hooks=FitHooks(on_epoch_end=on_epoch_end))
+    state = fit(model, inputs, config=config, device=device, hooks=FitHooks(on_epoch_end=on_epoch_end),
+                precision=resolve_precision("auto", device))
     return FastFit(config=config, decode_s=decode_s, features_s=features_s,
                    fit_s=time.perf_counter() - started, records=records, state=state,
                    n_train=len(splits["train"]), n_val=len(splits["val"]))

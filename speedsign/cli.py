@@ -77,6 +77,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--force", action="store_true", help="train afresh even if the run is finished")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="auto: bf16 autocast on CUDA and on CPUs with native bf16")
     parser.add_argument("--background", action="store_true", help="start as a background job and return")
     parser.add_argument("--nproc", type=_int, default=1, help="with --background: processes (GPUs) to use")
     parser.add_argument("--json", action="store_true")
@@ -100,7 +102,7 @@ def command_train(args: argparse.Namespace) -> int:
 
     request = TrainRequest(config=config_from_args(args), data_dir=args.data,
                            runs_dir=args.runs_dir or default_runs_dir(), device=args.device, force=args.force,
-                           compile=args.compile)
+                           compile=args.compile, precision=args.precision)
     if args.background:
         from speedsign.jobs import launch
 

@@ -88,7 +88,7 @@ _TUTORIAL: dict[str, dict[str, Any]] = {
 # Our tuned defaults, chosen by measurement (docs/benchmarks.md has the numbers behind them).
 _FAST: dict[str, dict[str, Any]] = {
     "finetune": dict(
-        img_size=64, batch_size=128, epochs=6, optimizer="sgd", lr=0.05, momentum=0.9,
+        img_size=48, batch_size=128, epochs=6, optimizer="sgd", lr=0.05, momentum=0.9,
         weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, augment="signs",
         resize="square", weights="imagenet",
     ),
@@ -98,7 +98,7 @@ _FAST: dict[str, dict[str, Any]] = {
         weights="imagenet",
     ),
     "scratch": dict(
-        img_size=64, batch_size=128, epochs=15, optimizer="sgd", lr=0.1, momentum=0.9,
+        img_size=64, batch_size=128, epochs=20, optimizer="sgd", lr=0.1, momentum=0.9,
         weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, augment="signs",
         resize="square", weights="none",
     ),

@@ -244,7 +244,7 @@ def train_arguments(request: "TrainRequest") -> list[str]:  # noqa: F821 (runner
     config = request.config
     args = ["--approach", config.approach, "--data", str(Path(request.data_dir).resolve()),
             "--preset", config.preset, "--runs-dir", str(Path(request.runs_dir).resolve()),
-            "--device", request.device, "--json"]
+            "--device", request.device, "--precision", request.precision, "--json"]
     flags = {"epochs": config.epochs, "img-size": config.img_size, "batch-size": config.batch_size,
              "lr": repr(config.lr), "optimizer": config.optimizer, "schedule": config.schedule,
              "momentum": repr(config.momentum), "weight-decay": repr(config.weight_decay),

@@ -35,7 +35,7 @@ from speedsign.runs import (FORMAT_VERSION, HEARTBEAT_SECONDS, atomic_torch_save
                             write_status, append_metrics)
 from speedsign.train import (Distributed, EpochRecord, FitHooks, FitInputs, FitState, Stopped,
                              compute_features, describe_device, distributed_from_env, evaluate, fit,
-                             pick_device)
+                             pick_device, resolve_precision)
 from speedsign.augment import prepare_batch
 
 
@@ -49,6 +49,7 @@ class TrainRequest:
     device: str = "auto"
     force: bool = False
     compile: bool = False  # torch.compile the training step (see train.fit)
+    precision: str = "auto"  # auto, fp32 or bf16 (see train.resolve_precision)
 
 
 @dataclass(frozen=True)
@@ -417,6 +418,7 @@ def _execute(request: TrainRequest, plan: RunPlan, ctx: Distributed, device: tor
     torch.manual_seed(config.seed)
     backbone = resolve_weights(config.weights, runs_dir=request.runs_dir) if config.approach != "scratch" else None
     model = build_model(config, num_classes=len(classes), backbone=backbone)
+    precision = resolve_precision(request.precision, device)
     inputs, splits = _fit_inputs(request, plan, model, device, status)
     resume = load_resume(run_dir) if not request.force else None
     earlier_seconds = 0.0
@@ -458,9 +460,9 @@ def _execute(request: TrainRequest, plan: RunPlan, ctx: Distributed, device: tor
             status.update(step=step, steps=total)
 
     if status is not None:
-        status.update(phase="training", step=0)
+        status.update(phase="training", step=0, precision=precision)
     state = fit(model, inputs, config=config, device=device, resume=resume, ctx=ctx,
-                compile_model=request.compile,
+                compile_model=request.compile, precision=precision,
                 hooks=FitHooks(on_epoch_end=on_epoch_end, on_start=on_start, on_step=on_step, should_stop=stop))
     seconds = elapsed()
     if ctx.is_main:
