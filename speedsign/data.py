@@ -61,7 +61,7 @@ class DatasetIndex:
 class SplitTensors:
     """A split decoded into memory: uint8 images (N, 3, S, S), int64 labels, file names."""
 
-    images: torch.Tensor
+    images: torch.Tensor  # or StreamedImages for a data set too large for memory
     labels: torch.Tensor
     files: tuple[str, ...]
     unreadable: tuple[str, ...] = field(default=())
@@ -276,6 +276,65 @@ def decode_files(root: Path, files: Sequence[str], *, size: int, resize: str,
     return images[: len(kept)].clone(), tuple(kept), bad
 
 
+class StreamedImages:
+    """A data set too large to hold decoded: indexing decodes just those files, in threads.
+
+    It stands in for the uint8 tensor wherever the training loop cuts batches
+    (`images[index]`), so training code is the same for both. Unreadable files were found
+    by a header check beforehand and left out, as the in-memory path does.
+    """
+
+    def __init__(self, root: Path, files: Sequence[str], *, size: int, resize: str) -> None:
+        self.root, self.files, self.size, self.resize = Path(root), tuple(files), size, resize
+        self.device = torch.device("cpu")
+        self.shape = (len(self.files), 3, size, size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, rows: torch.Tensor) -> "StreamedImages":
+        return StreamedImages(self.root, [self.files[int(i)] for i in rows], size=self.size, resize=self.resize)
+
+    def to(self, device: torch.device | str) -> "StreamedImages":
+        return self  # pixels stay on disk; each batch is moved by the training loop
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        rows = range(len(self.files))[index] if isinstance(index, slice) else [int(i) for i in index]
+        names = [self.files[i] for i in rows]
+        images, kept, bad = decode_files(self.root, names, size=self.size, resize=self.resize)
+        if bad:  # changed on disk since the check: a grey image keeps the batch aligned
+            grey = torch.full((len(names), 3, self.size, self.size), 128, dtype=torch.uint8)
+            position = {name: i for i, name in enumerate(kept)}
+            for row, name in enumerate(names):
+                if name in position:
+                    grey[row] = images[position[name]]
+            return grey
+        return images
+
+
+def check_readable(root: Path, files: Sequence[str]) -> dict[str, str]:
+    """Files whose header Pillow cannot read (cheap: no pixel is decoded)."""
+    from PIL import Image
+
+    bad: dict[str, str] = {}
+    for relative in files:
+        try:
+            with Image.open(root / relative) as image:
+                image.verify()
+        except Exception as error:  # any reason a file cannot be an image
+            bad[relative] = f"unreadable: {type(error).__name__}: {error}"
+    return bad
+
+
+def stream_decoded(index: DatasetIndex, *, size: int, resize: str) -> dict[str, object]:
+    """The `load_decoded` answer for a data set too large for memory: decoded per batch."""
+    files = sorted({s.path for split in index.splits.values() for s in split})
+    bad = check_readable(index.root, files)
+    kept = [f for f in files if f not in bad]
+    return {"images": StreamedImages(index.root, kept, size=size, resize=resize), "files": kept,
+            "unreadable": bad}
+
+
 def decoded_cache_path(index: DatasetIndex, *, size: int, resize: str) -> Path:
     return cache_dir() / f"decoded-{index.fingerprint}-{size}-{resize}.pt"
 
@@ -284,8 +343,11 @@ def load_decoded(index: DatasetIndex, *, size: int, resize: str,
                  progress: Progress | None = None) -> dict[str, object]:
     """All files of a data set decoded at one size, from the disk cache or decoded now.
 
-    Keyed by the data fingerprint, so a changed file means a new cache entry.
+    Keyed by the data fingerprint, so a changed file means a new cache entry. A data set
+    whose decoded pixels would not fit in memory (IN_MEMORY_LIMIT_BYTES) is streamed instead.
     """
+    if decoded_bytes(index, size=size) > IN_MEMORY_LIMIT_BYTES:
+        return stream_decoded(index, size=size, resize=resize)
     path = decoded_cache_path(index, size=size, resize=resize)
     if path.exists():
         try:
@@ -314,7 +376,7 @@ def select_splits(index: DatasetIndex, decoded: dict[str, object], values: torch
         kept = [s for s in samples if s.path in position]
         rows = torch.tensor([position[s.path] for s in kept], dtype=torch.int64)
         result[split] = SplitTensors(
-            images=values[rows],
+            images=values.subset(rows) if isinstance(values, StreamedImages) else values[rows],
             labels=torch.tensor([s.label for s in kept], dtype=torch.int64),
             files=tuple(s.path for s in kept),
             unreadable=tuple(sorted(s.path for s in samples if s.path not in position)),
@@ -345,7 +407,10 @@ def dataset_stats(root: Path | str, *, size: int = 32, progress: Progress | None
     tensors = load_split_tensors(index, size=size, progress=progress)
     sizes = image_sizes(index)
     widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
-    everything = torch.cat([t.images for t in tensors.values()]) if tensors else torch.empty(0)
+    # A streamed data set is described by a sample: decoding all of it is what streaming avoids.
+    parts = [t.images if isinstance(t.images, torch.Tensor) else t.images[torch.arange(min(len(t), 2000))]
+             for t in tensors.values()]
+    everything = torch.cat(parts) if parts else torch.empty(0)
     pixels = everything.float().div_(255) if everything.numel() else torch.zeros((1, 3, 1, 1))
     mean = pixels.mean(dim=(0, 2, 3)).tolist()
     std = pixels.std(dim=(0, 2, 3)).tolist() if everything.numel() else [0.0, 0.0, 0.0]

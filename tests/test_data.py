@@ -175,3 +175,22 @@ def test_real_gtsrb_speed_split_is_by_track_and_in_number_order(gtsrb_speed: Pat
     assert {s.group for s in index.samples("train")}.isdisjoint({s.group for s in index.samples("val")})
     fraction = len(index.samples("val")) / 13200
     assert 0.15 < fraction < 0.25
+
+
+def test_a_data_set_too_large_for_memory_streams_the_same_pixels(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import speedsign.data as data
+
+    root = _folder(tmp_path / "d", {"speed_30": 0, "speed_50": 0}, tracks=4)
+    (root / "train" / "speed_30" / "00099_00000.png").write_bytes(b"broken")
+    index = scan_dataset(root)
+    in_memory = load_split_tensors(index, size=8)
+    monkeypatch.setattr(data, "IN_MEMORY_LIMIT_BYTES", 0)
+    streamed = load_split_tensors(index, size=8)
+    assert isinstance(streamed["train"].images, data.StreamedImages)
+    for split in ("train", "val"):
+        assert streamed[split].files == in_memory[split].files
+        assert torch.equal(streamed[split].labels, in_memory[split].labels)
+        rows = torch.arange(len(streamed[split]))
+        assert torch.equal(streamed[split].images[rows], in_memory[split].images)
+    assert "train/speed_30/00099_00000.png" in streamed["train"].unreadable + streamed["val"].unreadable

@@ -70,3 +70,13 @@ def test_force_trains_the_same_config_afresh(synth_dir: Path, tmp_path: Path, we
     assert (again.run_dir / "best.pt").stat().st_mtime_ns != before
     assert len(read_metrics(again.run_dir)[0]) == 1
     assert [r.run_id for r in list_runs(tmp_path / "runs")] == [first.run_id]
+
+
+def test_training_on_a_streamed_data_set_completes(synth_dir: Path, tmp_path: Path, weights_file: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import speedsign.data as data
+
+    monkeypatch.setattr(data, "IN_MEMORY_LIMIT_BYTES", 0)
+    config = resolve_config(approach="scratch", overrides={**tiny_overrides("scratch", weights_file), "epochs": 1})
+    result = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path / "runs", device="cpu"))
+    assert result.state == "done" and len(read_metrics(result.run_dir)[0]) == 1
