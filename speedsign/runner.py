@@ -27,7 +27,7 @@ from speedsign.data import DatasetIndex, load_decoded, scan_dataset, select_spli
 from speedsign.errors import UserError
 from speedsign.jobs import (FileLock, acquire_device_slot, cancel_requested, clear_cancel, run_lock)
 from speedsign.metrics import evaluation_report
-from speedsign.models import (build_model, build_untrained, checkpoint_payload, resolve_weights,
+from speedsign.models import (build_model, build_untrained, resolve_weights,
                               weights_fingerprint)
 from speedsign.runs import (FORMAT_VERSION, HEARTBEAT_SECONDS, atomic_torch_save, atomic_write_bytes,
                             atomic_write_json, cache_dir, config_hash, effective_state, find_run_by_hash,

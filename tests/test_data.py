@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from speedsign.data import (class_sort_key, dataset_stats, decoded_cache_path, group_of, load_split_tensors,
-                            scan_dataset, sort_classes, split_by_group)
+                            scan_dataset, sort_classes)
 from speedsign.errors import UserError
 
 
