@@ -20,7 +20,7 @@ from speedsign.augment import prepare_batch
 from speedsign.config import TrainConfig, config_from_dict
 from speedsign.errors import UserError
 from speedsign.images import ImageError, load_image_tensor
-from speedsign.models import backbone_features, build_untrained, load_refusal
+from speedsign.models import build_untrained, load_refusal
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,6 @@ class Predictor:
         return Prediction(labels=tuple(self.classes[i] for i in order),
                           probs=tuple(float(probs[i]) for i in order),
                           milliseconds=(time.perf_counter() - started) * 1000)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        batch = prepare_batch(images.to(self.device), config=self.config, train=False)
-        with self._lock, torch.inference_mode():
-            return backbone_features(self.model, batch)
 
 
 def predict_files(predictor: Predictor, paths: Sequence[str], *, top: int = 3) -> list[dict[str, Any]]:

@@ -181,7 +181,7 @@ class StopFlag:
 
 # ---------------------------------------------------------------- the job
 
-def log(run_dir: Path | None, message: str) -> None:
+def log(message: str) -> None:
     """A line on stderr (the job's log.txt when launched in the background)."""
     print(f"[{now_iso()}] {message}", file=sys.stderr, flush=True)
 
@@ -260,7 +260,7 @@ def load_resume(run_dir: Path) -> dict[str, Any] | None:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged last.pt: start over rather than crash
-        log(run_dir, f"last.pt is unusable ({error}); starting from epoch 1")
+        log(f"last.pt is unusable ({error}); starting from epoch 1")
         return None
     if not isinstance(payload, dict) or "fit_state" not in payload:
         return None
@@ -333,7 +333,7 @@ def _train_locked(request: TrainRequest, plan: RunPlan, ctx: Distributed) -> Tra
         if status is not None:
             status.update(state="cancelled", phase=None, finished=now_iso())
         clear_cancel(run_dir)
-        log(run_dir, "cancelled: last.pt holds the last finished epoch")
+        log("cancelled: last.pt holds the last finished epoch")
         return _result_from_status(plan, cached=False)
     except BaseException as error:
         message = _describe_error(error)
@@ -342,7 +342,7 @@ def _train_locked(request: TrainRequest, plan: RunPlan, ctx: Distributed) -> Tra
                 status.update(state="failed", error=message, phase=None, finished=now_iso())
             except OSError:
                 pass
-        log(run_dir, f"failed: {message}")
+        log(f"failed: {message}")
         if isinstance(error, (UserError, OSError)):
             # Not read back from status.json: on a full or read-only disk the write above
             # may have failed, and the file would still say running.
@@ -378,7 +378,7 @@ def _fit_inputs(request: TrainRequest, plan: RunPlan, model: torch.nn.Module, de
                            progress=report("decoding images"))
     unreadable = decoded["unreadable"]
     if unreadable:
-        log(plan.run_dir, f"skipped {len(unreadable)} unreadable files, e.g. "
+        log(f"skipped {len(unreadable)} unreadable files, e.g. "
                           f"{next(iter(unreadable))}: {next(iter(unreadable.values()))}")
     values = decoded["images"]
     use_features = config.approach == "frozen"
@@ -426,7 +426,7 @@ def _execute(request: TrainRequest, plan: RunPlan, ctx: Distributed, device: tor
         earlier_seconds = float(resume.get("seconds", 0.0) or 0.0)
         epoch = int(resume["fit_state"]["epoch"])
         truncate_metrics(run_dir, last_epoch=epoch) if ctx.is_main else None
-        log(run_dir, f"resuming from last.pt after epoch {epoch}")
+        log(f"resuming from last.pt after epoch {epoch}")
     elif ctx.is_main:
         write_metrics(run_dir, [])
     extra = {"classes": list(classes)}
@@ -451,7 +451,7 @@ def _execute(request: TrainRequest, plan: RunPlan, ctx: Distributed, device: tor
         atomic_torch_save(payload, run_dir / "last.pt")
         status.update(epoch=record.epoch, best_val_acc=state.best_val_acc, val_acc=record.val_acc,
                       images_per_s=record.images_per_s, phase="training", seconds=round(elapsed(), 2))
-        log(run_dir, f"epoch {record.epoch}/{config.epochs} train_loss {record.train_loss:.4f} "
+        log(f"epoch {record.epoch}/{config.epochs} train_loss {record.train_loss:.4f} "
                      f"train_acc {record.train_acc:.4f} val_loss {record.val_loss:.4f} "
                      f"val_acc {record.val_acc:.4f} {record.images_per_s:.0f} img/s")
 

@@ -8,6 +8,7 @@ images and one or two epochs.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,19 @@ def runs_with_results(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path,
         assert outcome.state == "done", outcome
         result[approach] = outcome.run_dir
     return result
+
+
+@pytest.fixture
+def one_thread():
+    """In-process training with one torch thread (two threads on two shared cores thrash),
+    and the signal handlers a job installs put back afterwards."""
+    threads = torch.get_num_threads()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture

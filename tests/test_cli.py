@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from speedsign import cli
 
@@ -29,18 +27,6 @@ TRAIN_KEYS = {"run_id", "run_dir", "state", "cached", "best_val_acc", "epochs_ru
 EVAL_KEYS = {"accuracy", "n", "per_class", "confusion"}
 CLASS_KEYS = {"precision", "recall", "f1", "support"}
 RUN_KEYS = {"run_id", "approach", "state", "epoch", "epochs", "best_val_acc", "damaged"}
-
-
-@pytest.fixture
-def one_thread():
-    """In-process training with one torch thread; the job's signal handlers put back after."""
-    threads = torch.get_num_threads()
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="module")
