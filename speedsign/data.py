@@ -1,34 +1,53 @@
 """Data sources: folder scanning, class order, group-aware splits, fingerprint, tensor cache.
 
 The flow is one way: a folder -> `scan_dataset` (an index of files, no pixels) ->
-`load_split_tensors` (decoded once into uint8 tensors, cached on disk) -> batches.
+`load_split_tensors` (decoded once, in worker processes, into a uint8 cache file that a
+large data set is memory-mapped from) -> batches.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import re
+import struct
+import tempfile
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from speedsign.errors import UserError
 from speedsign.images import ImageError, load_image_tensor
-from speedsign.runs import atomic_torch_save, cache_dir
+from speedsign.storage import atomic_writer, cache_dir
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # GTSRB names a file <track>_<frame>: frames of one track are the same physical sign.
 TRACK_PATTERN = re.compile(r"^(\d+)_(\d+)$")
-# Above this many decoded bytes we stream from disk instead of holding a tensor in memory.
+# Above this many decoded bytes the pixels stay on disk, memory-mapped, instead of being read in.
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
+# The decode cache file's layout (see _write_decoded); 1 was a torch.save'd dict in a .pt file.
+DECODED_FORMAT = 2
+_MAGIC = b"SSDECODE"
+_FOOTER = struct.Struct("<8sQ")  # magic, byte length of the JSON just before it
+# Below this many files decoding stays in this process. Measured on 2 cores with 32-px
+# GTSRB PNGs: a file costs 0.17 ms decoded here; with 2 workers, starting them costs
+# ~0.1 s and each file ~0.045 ms more (pickling through the pipe), so workers win past
+# ~1,600 files. Larger photos cost more to decode, which moves the break-even lower.
+PARALLEL_DECODE_MIN_FILES = 2000
+# The parent's share (unpickling, writing) is ~1/10 of a worker's, so it is no bottleneck
+# at 4; more would take the cores of a shared machine for little.
+MAX_DECODE_WORKERS = 4
+DECODE_BATCH = 256  # files per worker batch: one progress report each
+GATHER_CHUNK_BYTES = 64 * 1024**2  # how much of a memory-mapped split is copied at once
 
 Progress = Callable[[int, int], None]
 
@@ -59,9 +78,9 @@ class DatasetIndex:
 
 @dataclass(frozen=True)
 class SplitTensors:
-    """A split decoded into memory: uint8 images (N, 3, S, S), int64 labels, file names."""
+    """A decoded split: uint8 images (N, 3, S, S), int64 labels, file names."""
 
-    images: torch.Tensor  # or StreamedImages for a data set too large for memory
+    images: torch.Tensor  # memory-mapped for a data set too large for memory
     labels: torch.Tensor
     files: tuple[str, ...]
     unreadable: tuple[str, ...] = field(default=())
@@ -256,115 +275,170 @@ def _decode_one(root: Path, relative: str, size: int, resize: str) -> torch.Tens
         return f"cannot read: {error}"
 
 
-def decode_files(root: Path, files: Sequence[str], *, size: int, resize: str,
-                 progress: Progress | None = None) -> tuple[torch.Tensor, tuple[str, ...], dict[str, str]]:
-    """Decode files into one uint8 tensor; unreadable ones are skipped and reported."""
-    images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
-    kept: list[str] = []
-    bad: dict[str, str] = {}
-    # Pillow releases the GIL while decoding, so a few threads make use of both cores.
-    with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1)) as pool:
-        results = pool.map(lambda rel: _decode_one(root, rel, size, resize), files, chunksize=64)
-        for done, (relative, result) in enumerate(zip(files, results), start=1):
-            if isinstance(result, str):
-                bad[relative] = result
-            else:
-                images[len(kept)] = result
-                kept.append(relative)
-            if progress is not None and (done % 256 == 0 or done == len(files)):
-                progress(done, len(files))
-    return images[: len(kept)].clone(), tuple(kept), bad
+class _DecodeDataset(torch.utils.data.Dataset):
+    """File number i -> (i, uint8 (3, S, S) pixels, or the reason the file cannot be read)."""
 
-
-class StreamedImages:
-    """A data set too large to hold decoded: indexing decodes just those files, in threads.
-
-    It stands in for the uint8 tensor wherever the training loop cuts batches
-    (`images[index]`), so training code is the same for both. Unreadable files were found
-    by a header check beforehand and left out, as the in-memory path does.
-    """
-
-    def __init__(self, root: Path, files: Sequence[str], *, size: int, resize: str) -> None:
+    def __init__(self, root: Path, files: Sequence[str], size: int, resize: str) -> None:
         self.root, self.files, self.size, self.resize = Path(root), tuple(files), size, resize
-        self.device = torch.device("cpu")
-        self.shape = (len(self.files), 3, size, size)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def subset(self, rows: torch.Tensor) -> "StreamedImages":
-        return StreamedImages(self.root, [self.files[int(i)] for i in rows], size=self.size, resize=self.resize)
-
-    def to(self, device: torch.device | str) -> "StreamedImages":
-        return self  # pixels stay on disk; each batch is moved by the training loop
-
-    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
-        rows = range(len(self.files))[index] if isinstance(index, slice) else [int(i) for i in index]
-        names = [self.files[i] for i in rows]
-        images, kept, bad = decode_files(self.root, names, size=self.size, resize=self.resize)
-        if bad:  # changed on disk since the check: a grey image keeps the batch aligned
-            grey = torch.full((len(names), 3, self.size, self.size), 128, dtype=torch.uint8)
-            position = {name: i for i, name in enumerate(kept)}
-            for row, name in enumerate(names):
-                if name in position:
-                    grey[row] = images[position[name]]
-            return grey
-        return images
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | str]:
+        return position, _decode_one(self.root, self.files[position], self.size, self.resize)
 
 
-def check_readable(root: Path, files: Sequence[str]) -> dict[str, str]:
-    """Files whose header Pillow cannot read (cheap: no pixel is decoded)."""
-    from PIL import Image
+def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """(positions of the readable files, their pixels, (position, reason) of the others).
 
+    Pixels leave a worker as a numpy array, pickled through its pipe: a tensor would travel
+    through /dev/shm, which containers often cap at 64 MB, and a worker past it dies of SIGBUS.
+    """
+    good = [(i, r) for i, r in items if not isinstance(r, str)]
+    pixels = torch.stack([r for _, r in good]).numpy() if good else np.empty((0,), dtype=np.uint8)
+    return [i for i, _ in good], pixels, [(i, r) for i, r in items if isinstance(r, str)]
+
+
+def _decode_workers(n_files: int) -> int:
+    """Worker processes for decoding n files: none for a small data set or a single core."""
+    try:
+        cores = len(os.sched_getaffinity(0))  # what this process may use, e.g. in a container
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    if cores < 2 or n_files < PARALLEL_DECODE_MIN_FILES:
+        return 0
+    return min(MAX_DECODE_WORKERS, cores)
+
+
+def _decode_batches(root: Path, files: Sequence[str], *, size: int, resize: str,
+                    progress: Progress | None) -> Iterator[tuple[list[str], np.ndarray, dict[str, str]]]:
+    """Decode files in order, in worker processes: (readable names, their pixels, unreadable)."""
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(root, files, size, resize), batch_size=DECODE_BATCH,
+        num_workers=_decode_workers(len(files)), collate_fn=_collate)
+    done = 0
+    for positions, pixels, bad in loader:
+        done += len(positions) + len(bad)
+        yield [files[i] for i in positions], pixels, {files[i]: reason for i, reason in bad}
+        if progress is not None:
+            progress(done, len(files))
+
+
+def decode_files(root: Path, files: Sequence[str], *, size: int, resize: str,
+                 progress: Progress | None = None) -> tuple[torch.Tensor, tuple[str, ...], dict[str, str]]:
+    """Decode files into one uint8 tensor in memory; unreadable ones are skipped and reported."""
+    kept: list[str] = []
+    parts: list[np.ndarray] = []
     bad: dict[str, str] = {}
-    for relative in files:
-        try:
-            with Image.open(root / relative) as image:
-                image.verify()
-        except Exception as error:  # any reason a file cannot be an image
-            bad[relative] = f"unreadable: {type(error).__name__}: {error}"
-    return bad
-
-
-def stream_decoded(index: DatasetIndex, *, size: int, resize: str) -> dict[str, object]:
-    """The `load_decoded` answer for a data set too large for memory: decoded per batch."""
-    files = sorted({s.path for split in index.splits.values() for s in split})
-    bad = check_readable(index.root, files)
-    kept = [f for f in files if f not in bad]
-    return {"images": StreamedImages(index.root, kept, size=size, resize=resize), "files": kept,
-            "unreadable": bad}
+    for names, pixels, unreadable in _decode_batches(root, files, size=size, resize=resize, progress=progress):
+        if names:
+            kept += names
+            parts.append(pixels)
+        bad.update(unreadable)
+    images = torch.from_numpy(np.concatenate(parts)) if parts else torch.empty((0, 3, size, size), dtype=torch.uint8)
+    return images, tuple(kept), bad
 
 
 def decoded_cache_path(index: DatasetIndex, *, size: int, resize: str) -> Path:
-    return cache_dir() / f"decoded-{index.fingerprint}-{size}-{resize}.pt"
+    return cache_dir() / f"decoded-{index.fingerprint}-{size}-{resize}-v{DECODED_FORMAT}.u8"
+
+
+def _write_decoded(path: Path, root: Path, files: Sequence[str], *, size: int, resize: str,
+                   progress: Progress | None) -> None:
+    """Decode into a temporary file beside `path`, then os.replace it into place.
+
+    The file: the readable images' pixels, uint8 (N, 3, S, S) from byte 0 (so it maps without
+    an offset), then a JSON of the file names and unreadable files, then _FOOTER. Written as
+    batches arrive, so a large data set is never held in memory; a decode killed midway
+    leaves only a `.decoded-....tmp`, which no load reads.
+    """
+    with atomic_writer(path) as file:
+        kept: list[str] = []
+        bad: dict[str, str] = {}
+        for names, pixels, unreadable in _decode_batches(root, files, size=size, resize=resize, progress=progress):
+            file.write(np.ascontiguousarray(pixels))
+            kept += names
+            bad.update(unreadable)
+        meta = json.dumps({"format": DECODED_FORMAT, "shape": [len(kept), 3, size, size],
+                           "files": kept, "unreadable": bad}).encode("utf-8")
+        file.write(meta)
+        file.write(_FOOTER.pack(_MAGIC, len(meta)))
+
+
+def _read_decoded(path: Path, *, size: int) -> dict[str, object] | None:
+    """A complete cache file as {"images", "files", "unreadable"}; None for anything else.
+
+    Pixels up to IN_MEMORY_LIMIT_BYTES are read into memory; more are memory-mapped
+    copy-on-write: nothing is read up front, and an in-place write to the tensor never
+    reaches the cache file.
+    """
+    try:
+        with open(path, "rb") as file:
+            total = os.fstat(file.fileno()).st_size
+            if total < _FOOTER.size:
+                return None
+            file.seek(total - _FOOTER.size)
+            magic, length = _FOOTER.unpack(file.read(_FOOTER.size))
+            pixels = total - _FOOTER.size - length
+            if magic != _MAGIC or pixels < 0:
+                return None
+            file.seek(pixels)
+            meta = json.loads(file.read(length))
+            shape = tuple(int(n) for n in meta["shape"])
+            files, unreadable = list(meta["files"]), dict(meta["unreadable"])
+            if (meta["format"] != DECODED_FORMAT or shape[1:] != (3, size, size) or len(files) != shape[0]
+                    or math.prod(shape) != pixels):
+                return None  # truncated, or written by another version: decoded afresh
+            if pixels > IN_MEMORY_LIMIT_BYTES:
+                array = np.memmap(path, dtype=np.uint8, mode="c", shape=shape)
+            else:
+                file.seek(0)
+                array = np.fromfile(file, dtype=np.uint8, count=pixels).reshape(shape)
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged cache entry is rebuilt, never trusted
+        return None
+    return {"images": torch.from_numpy(array), "files": files, "unreadable": unreadable}
 
 
 def load_decoded(index: DatasetIndex, *, size: int, resize: str,
                  progress: Progress | None = None) -> dict[str, object]:
-    """All files of a data set decoded at one size, from the disk cache or decoded now.
+    """All files of a data set decoded once at one size into a disk cache, and read from it.
 
-    Keyed by the data fingerprint, so a changed file means a new cache entry. A data set
-    whose decoded pixels would not fit in memory (IN_MEMORY_LIMIT_BYTES) is streamed instead.
+    Keyed by the data fingerprint, so a changed file means a new cache entry. Returns
+    {"images": uint8 (N, 3, S, S), "files": their names, "unreadable": {name: reason}};
+    images beyond IN_MEMORY_LIMIT_BYTES are memory-mapped from the cache, not read.
     """
-    if decoded_bytes(index, size=size) > IN_MEMORY_LIMIT_BYTES:
-        return stream_decoded(index, size=size, resize=resize)
     path = decoded_cache_path(index, size=size, resize=resize)
-    if path.exists():
-        try:
-            cached = torch.load(path, weights_only=True)
-            if isinstance(cached, dict) and {"images", "files", "unreadable"} <= set(cached):
-                return cached
-        except Exception:  # a damaged cache entry is rebuilt, never trusted
-            pass
+    cached = _read_decoded(path, size=size)
+    if cached is not None:
+        return cached
     files = sorted({s.path for split in index.splits.values() for s in split})
-    images, kept, bad = decode_files(index.root, files, size=size, resize=resize, progress=progress)
-    decoded = {"images": images, "files": list(kept), "unreadable": bad}
-    atomic_torch_save(decoded, path)
+    _write_decoded(path, index.root, files, size=size, resize=resize, progress=progress)
+    decoded = _read_decoded(path, size=size)
+    if decoded is None:
+        raise OSError(f"the decode cache {path} was removed or changed while it was being read")
     return decoded
 
 
 def decoded_bytes(index: DatasetIndex, *, size: int) -> int:
     return sum(len(v) for v in index.splits.values()) * 3 * size * size
+
+
+def _take_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """values[rows]; uint8 rows beyond IN_MEMORY_LIMIT_BYTES go to a memory-mapped scratch file.
+
+    Indexing copies, so a split of a memory-mapped data set would otherwise have to fit in
+    memory. The scratch file is unlinked at once: the disk space goes with the tensor.
+    """
+    row_bytes = values.element_size() * math.prod(values.shape[1:])
+    if (values.dtype != torch.uint8 or values.device.type != "cpu" or len(rows) == 0
+            or len(rows) * row_bytes <= IN_MEMORY_LIMIT_BYTES):
+        return values[rows]
+    with tempfile.TemporaryFile(prefix=".split-", dir=cache_dir()) as file:
+        out = np.memmap(file, dtype=np.uint8, mode="w+", shape=(len(rows), *values.shape[1:]))
+    chunk = max(1, GATHER_CHUNK_BYTES // max(1, row_bytes))
+    for start in range(0, len(rows), chunk):
+        out[start:start + chunk] = values[rows[start:start + chunk]].numpy()
+    return torch.from_numpy(out)
 
 
 def select_splits(index: DatasetIndex, decoded: dict[str, object], values: torch.Tensor
@@ -376,7 +450,7 @@ def select_splits(index: DatasetIndex, decoded: dict[str, object], values: torch
         kept = [s for s in samples if s.path in position]
         rows = torch.tensor([position[s.path] for s in kept], dtype=torch.int64)
         result[split] = SplitTensors(
-            images=values.subset(rows) if isinstance(values, StreamedImages) else values[rows],
+            images=_take_rows(values, rows),
             labels=torch.tensor([s.label for s in kept], dtype=torch.int64),
             files=tuple(s.path for s in kept),
             unreadable=tuple(sorted(s.path for s in samples if s.path not in position)),
@@ -386,7 +460,7 @@ def select_splits(index: DatasetIndex, decoded: dict[str, object], values: torch
 
 def load_split_tensors(index: DatasetIndex, *, size: int, resize: str = "square",
                        progress: Progress | None = None) -> dict[str, SplitTensors]:
-    """Every split of the index as in-memory uint8 tensors (decoded once, cached on disk)."""
+    """Every split of the index as uint8 tensors (decoded once, cached on disk)."""
     decoded = load_decoded(index, size=size, resize=resize, progress=progress)
     return select_splits(index, decoded, decoded["images"])
 
@@ -404,18 +478,13 @@ def dataset_stats(root: Path | str, *, size: int = 32, progress: Progress | None
     """Images per class and split, original sizes, channel mean/std, groups, unreadable files."""
     started = time.perf_counter()
     index = scan_dataset(root, require_train=False)
-    tensors = load_split_tensors(index, size=size, progress=progress)
+    # Every file is in one split, so the decoded rows are all the splits' images, uncut.
+    decoded = load_decoded(index, size=size, resize="square", progress=progress)
     sizes = image_sizes(index)
     widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
-    # A streamed data set is described by a sample: decoding all of it is what streaming avoids.
-    parts = [t.images if isinstance(t.images, torch.Tensor) else t.images[torch.arange(min(len(t), 2000))]
-             for t in tensors.values()]
-    everything = torch.cat(parts) if parts else torch.empty(0)
-    pixels = everything.float().div_(255) if everything.numel() else torch.zeros((1, 3, 1, 1))
-    mean = pixels.mean(dim=(0, 2, 3)).tolist()
-    std = pixels.std(dim=(0, 2, 3)).tolist() if everything.numel() else [0.0, 0.0, 0.0]
+    mean, std = _channel_mean_std(decoded["images"])
     groups = {split: len({s.group for s in samples}) for split, samples in index.splits.items()}
-    unreadable = sorted({f for t in tensors.values() for f in t.unreadable})
+    unreadable = sorted(decoded["unreadable"])
     return {
         "root": str(index.root),
         "layout": index.layout,
@@ -433,6 +502,24 @@ def dataset_stats(root: Path | str, *, size: int = 32, progress: Progress | None
         "ignored": list(index.ignored),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _channel_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images scaled to [0, 1], a chunk at a time: a
+    memory-mapped data set is read through once, never held as floats."""
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for start in range(0, len(images), 1024):
+        chunk = images[start:start + 1024].to(torch.float64).div_(255)
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+        count += chunk[:, 0].numel()
+    if count == 0:
+        return [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+    mean = total / count
+    variance = (squares - count * mean.square()) / max(1, count - 1)
+    return mean.tolist(), variance.clamp_min(0).sqrt().tolist()
 
 
 def image_sizes(index: DatasetIndex) -> list[tuple[int, int]]:

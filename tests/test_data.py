@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from speedsign.data import (class_sort_key, dataset_stats, decoded_cache_path, group_of, load_split_tensors,
-                            scan_dataset, sort_classes)
+from speedsign.data import _decode_one as _DECODE_ONE
+from speedsign.data import (
+    class_sort_key,
+    dataset_stats,
+    decoded_cache_path,
+    group_of,
+    load_split_tensors,
+    scan_dataset,
+    sort_classes,
+)
 from speedsign.errors import UserError
 
 
@@ -150,7 +159,7 @@ def test_decoded_tensors_are_uint8_in_class_order_and_cached(tmp_path: Path) -> 
     splits = load_split_tensors(index, size=8)
     train = splits["train"]
     assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (3, 8, 8)
-    for image, label in zip(train.images, train.labels):
+    for image, label in zip(train.images, train.labels, strict=True):
         expected = (255, 0, 0) if int(label) == 0 else (0, 255, 0)  # speed_30 is class 0
         assert tuple(int(c) for c in image[:, 4, 4]) == expected
     again = load_split_tensors(index, size=8)
@@ -175,20 +184,167 @@ def test_real_gtsrb_speed_split_is_by_track_and_in_number_order(gtsrb_speed: Pat
     assert 0.15 < fraction < 0.25
 
 
-def test_a_data_set_too_large_for_memory_streams_the_same_pixels(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A decode cache of this test's own, so its files can be listed."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("SPEEDSIGN_CACHE", str(folder))
+    return folder
+
+
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file a tensor's memory is mapped from (Linux /proc/self/maps), None when it is not."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        low, high = (int(part, 16) for part in fields[0].split("-"))
+        if low <= address < high:
+            path = fields[5] if len(fields) == 6 else ""
+            return path if path.startswith("/") else None
+    return None
+
+
+def _decode_counter(monkeypatch: pytest.MonkeyPatch, *, fail_after: int | None = None) -> list[str]:
+    """Count (and optionally fail) the decodes: the list grows by one name per file decoded."""
+    import speedsign.data as data
+
+    decoded: list[str] = []
+    original = _DECODE_ONE  # the real one, never an earlier test double
+
+    def counting(root: Path, relative: str, size: int, resize: str) -> torch.Tensor | str:
+        if fail_after is not None and len(decoded) >= fail_after:
+            raise KeyboardInterrupt("killed midway")
+        decoded.append(relative)
+        return original(root, relative, size, resize)
+
+    monkeypatch.setattr(data, "_decode_one", counting)
+    return decoded
+
+
+def test_a_second_load_reads_the_cache_and_decodes_nothing(tmp_path: Path, cache: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import speedsign.data as data
+
+    root = _folder(tmp_path / "d", {"speed_30": 0, "speed_50": 0})
+    index = scan_dataset(root)
+    decoded = _decode_counter(monkeypatch)
+    first = data.load_decoded(index, size=8, resize="square")
+    assert len(decoded) == 24
+    monkeypatch.setattr(data, "_decode_one", lambda *args: pytest.fail("decoded again"))
+    second = data.load_decoded(index, size=8, resize="square")
+    assert second["files"] == first["files"] and torch.equal(second["images"], first["images"])
+    assert [p.name for p in cache.iterdir()] == [decoded_cache_path(index, size=8, resize="square").name]
+
+
+def test_a_decode_killed_midway_leaves_no_cache_that_a_later_load_trusts(tmp_path: Path, cache: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import speedsign.data as data
+
+    root = _folder(tmp_path / "d", {"speed_30": 0, "speed_50": 0}, tracks=10)
+    index = scan_dataset(root)
+    monkeypatch.setattr(data, "DECODE_BATCH", 4)  # some batches are written before the kill
+    _decode_counter(monkeypatch, fail_after=30)
+    progress: list[tuple[int, int]] = []
+    with pytest.raises(KeyboardInterrupt):
+        data.load_decoded(index, size=8, resize="square", progress=lambda done, total: progress.append((done, total)))
+    assert progress[-1] == (28, 60)  # written, then killed in the batch after
+    assert list(cache.iterdir()) == []  # neither a cache file nor a half-written temporary
+    decoded = _decode_counter(monkeypatch)
+    complete = data.load_decoded(index, size=8, resize="square")
+    assert len(decoded) == 60 and complete["images"].shape == (60, 3, 8, 8)
+    # A cache file cut short (a full disk, a copy stopped midway) is decoded afresh, never read.
+    path = decoded_cache_path(index, size=8, resize="square")
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    decoded.clear()
+    again = data.load_decoded(index, size=8, resize="square")
+    assert len(decoded) == 60 and torch.equal(again["images"], complete["images"])
+    assert path.read_bytes() == whole
+
+
+def test_unreadable_files_are_reported_with_reasons_from_worker_processes_too(tmp_path: Path, cache: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import speedsign.data as data
+
+    root = _folder(tmp_path / "d", {"speed_30": 0, "speed_50": 0}, tracks=3)
+    (root / "train" / "speed_30" / "00098_00000.png").write_bytes(b"")
+    (root / "train" / "speed_30" / "00099_00000.png").write_bytes(b"broken")
+    index = scan_dataset(root)
+    in_process = data.load_decoded(index, size=8, resize="square")
+    assert set(in_process["unreadable"]) == {"train/speed_30/00098_00000.png", "train/speed_30/00099_00000.png"}
+    assert all(isinstance(reason, str) and reason for reason in in_process["unreadable"].values())
+    assert len(in_process["files"]) == len(in_process["images"]) == 18
+    decode_path = decoded_cache_path(index, size=8, resize="square")
+    decode_path.unlink()
+    monkeypatch.setattr(data, "_decode_workers", lambda n_files: 2)
+    monkeypatch.setattr(data, "DECODE_BATCH", 5)  # batches with and without a bad file
+    progress: list[tuple[int, int]] = []
+    workers = data.load_decoded(index, size=8, resize="square", progress=lambda *p: progress.append(p))
+    assert progress == [(5, 20), (10, 20), (15, 20), (20, 20)]
+    assert workers["unreadable"] == in_process["unreadable"] and workers["files"] == in_process["files"]
+    assert torch.equal(workers["images"], in_process["images"])
+    cached = data.load_decoded(index, size=8, resize="square")
+    assert cached["unreadable"] == in_process["unreadable"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_a_large_data_set_is_memory_mapped_from_the_cache_not_read_into_memory(tmp_path: Path, cache: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import speedsign.data as data
 
     root = _folder(tmp_path / "d", {"speed_30": 0, "speed_50": 0}, tracks=4)
-    (root / "train" / "speed_30" / "00099_00000.png").write_bytes(b"broken")
     index = scan_dataset(root)
-    in_memory = load_split_tensors(index, size=8)
+    path = decoded_cache_path(index, size=8, resize="square")
+    small = data.load_decoded(index, size=8, resize="square")
+    assert _mapped_file(small["images"]) is None  # under the limit: read into memory
     monkeypatch.setattr(data, "IN_MEMORY_LIMIT_BYTES", 0)
-    streamed = load_split_tensors(index, size=8)
-    assert isinstance(streamed["train"].images, data.StreamedImages)
+    large = data.load_decoded(index, size=8, resize="square")
+    assert _mapped_file(large["images"]) == str(path)
+    assert torch.equal(large["images"], small["images"])
+    # Copy-on-write: a write to the tensor stays in this process, the cache file keeps its pixels.
+    large["images"][0] = 0
+    assert torch.equal(data.load_decoded(index, size=8, resize="square")["images"], small["images"])
+    # Cutting a split out of it gathers into a scratch file in the cache folder, not into memory.
+    splits = data.select_splits(index, large, large["images"])
+    assert (_mapped_file(splits["train"].images) or "").startswith(str(cache))
+    assert [p.name for p in cache.iterdir()] == [path.name]  # the scratch file has no name
+
+
+def test_the_memory_mapped_cache_gives_the_same_pixels_and_training_as_memory(
+        synth_dir: Path, tmp_path: Path, cache: Path, weights_file: Path, monkeypatch: pytest.MonkeyPatch,
+        one_thread: None) -> None:
+    import speedsign.data as data
+    from speedsign.config import resolve_config
+    from speedsign.job import TrainRequest, train_run
+    from speedsign.runs import read_metrics
+
+    from conftest import tiny_overrides
+
+    index = scan_dataset(synth_dir)
+    in_memory = load_split_tensors(index, size=16)
+    config = resolve_config(approach="scratch", overrides={**tiny_overrides("scratch", weights_file), "epochs": 2})
+    runs = {}
+    runs["memory"] = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path / "a", device="cpu"))
+    monkeypatch.setattr(data, "IN_MEMORY_LIMIT_BYTES", 0)
+    mapped = load_split_tensors(index, size=16)
     for split in ("train", "val"):
-        assert streamed[split].files == in_memory[split].files
-        assert torch.equal(streamed[split].labels, in_memory[split].labels)
-        rows = torch.arange(len(streamed[split]))
-        assert torch.equal(streamed[split].images[rows], in_memory[split].images)
-    assert "train/speed_30/00099_00000.png" in streamed["train"].unreadable + streamed["val"].unreadable
+        assert mapped[split].files == in_memory[split].files
+        assert torch.equal(mapped[split].labels, in_memory[split].labels)
+        assert torch.equal(mapped[split].images, in_memory[split].images)
+    if Path("/proc/self/maps").exists():
+        assert _mapped_file(mapped["train"].images) is not None
+    runs["mapped"] = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path / "b", device="cpu"))
+    assert all(run.state == "done" for run in runs.values())
+
+    def learned(run_dir: Path) -> tuple[list[dict], np.ndarray]:
+        rows = [{k: v for k, v in row.items() if k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+                for row in read_metrics(run_dir)[0]]
+        return rows, np.load(run_dir / "predictions_val.npz")["probs"]
+
+    (memory_rows, memory_probs), (mapped_rows, mapped_probs) = (learned(r.run_dir) for r in runs.values())
+    # CPU training repeats only to float rounding (two in-memory runs differ by ~1e-8), hence approx.
+    # The weights of last.pt are not compared: some elements of layer4.0.conv1.weight (taps that
+    # only ever see padding at 16 px) differ wildly from run to run with the in-memory path alone.
+    assert len(memory_rows) == 2 and mapped_rows == [pytest.approx(row, rel=1e-6) for row in memory_rows]
+    assert memory_probs.shape == (len(in_memory["val"]), 9)
+    np.testing.assert_allclose(mapped_probs, memory_probs, rtol=1e-5, atol=1e-6)
