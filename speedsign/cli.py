@@ -1,8 +1,8 @@
 """`python -m speedsign SUBCOMMAND`: everything the dashboard does, from a terminal.
 
 With --json the last line on stdout is one JSON object. Bad input exits 2 with a one-line
-message on stderr and no traceback (DESIGN.md section 4). A background job of the
-dashboard is this command line too (`speedsign train ... --json`).
+message on stderr and no traceback (the contract in the README, "Command line"). A
+background job of the dashboard is this command line too (`speedsign job RUN_DIR`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from speedsign.config import APPROACHES, AUGMENTS, OPTIMIZERS, PRESETS, RESIZES, SCHEDULES, resolve_config
+from speedsign.config import PRECISIONS, SETTINGS, TrainConfig, resolve_config
 from speedsign.errors import UserError
+from speedsign.storage import default_runs_dir
 
 EXIT_USAGE = 2
 
@@ -54,51 +56,40 @@ def emit(result: dict[str, Any], *, as_json: bool, text: str) -> None:
 
 # ---------------------------------------------------------------- train
 
+_TYPES: dict[type, Callable[[str], Any]] = {int: _int, float: _finite_float, str: str}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--approach", required=True, choices=APPROACHES)
+    """One flag per training setting (config.SETTINGS), then how and where to run."""
+    for setting in SETTINGS:
+        extra: dict[str, Any] = {"choices": setting.choices} if setting.choices else {}
+        if setting.name == "approach":
+            extra["required"] = True
+        elif setting.name == "preset":
+            extra["default"] = "fast"
+        else:
+            extra["help"] = f"{setting.help} (default: the preset's)"
+        parser.add_argument(setting.flag, dest=setting.name, type=_TYPES[setting.kind],
+                            **{"help": setting.help, **extra})
     parser.add_argument("--data", required=True, type=Path, help="data folder (see README: layouts)")
-    parser.add_argument("--preset", default="fast", choices=PRESETS)
-    parser.add_argument("--epochs", type=_int)
-    parser.add_argument("--img-size", type=_int)
-    parser.add_argument("--batch-size", type=_int)
-    parser.add_argument("--lr", type=_finite_float)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS)
-    parser.add_argument("--schedule", choices=SCHEDULES)
-    parser.add_argument("--momentum", type=_finite_float)
-    parser.add_argument("--weight-decay", type=_finite_float)
-    parser.add_argument("--label-smoothing", type=_finite_float)
-    parser.add_argument("--patience", type=_int, help="early stopping after N epochs without progress")
-    parser.add_argument("--augment", choices=AUGMENTS)
-    parser.add_argument("--resize", choices=RESIZES, help="square, or the tutorial's resize + center crop")
-    parser.add_argument("--val-fraction", type=_finite_float)
-    parser.add_argument("--seed", type=_int)
-    parser.add_argument("--weights", help="imagenet, a weights file, or run:ID (default: the preset's)")
     parser.add_argument("--runs-dir", type=Path, default=None)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--force", action="store_true", help="train afresh even if the run is finished")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 autocast on CUDA and on CPUs with native bf16")
     parser.add_argument("--background", action="store_true", help="start as a background job and return")
     parser.add_argument("--nproc", type=_int, default=1, help="with --background: processes (GPUs) to use")
     parser.add_argument("--json", action="store_true")
 
 
-def config_from_args(args: argparse.Namespace):
-    overrides = {
-        "epochs": args.epochs, "img_size": args.img_size, "batch_size": args.batch_size, "lr": args.lr,
-        "optimizer": args.optimizer, "schedule": args.schedule, "momentum": args.momentum,
-        "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-        "patience": args.patience, "augment": args.augment, "resize": args.resize,
-        "val_fraction": args.val_fraction,
-        "seed": args.seed, "weights": args.weights,
-    }
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {s.name: getattr(args, s.name) for s in SETTINGS if s.name not in ("approach", "preset")}
     return resolve_config(approach=args.approach, preset=args.preset, overrides=overrides)
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from speedsign.runner import TrainRequest, train_run
-    from speedsign.runs import default_runs_dir
+    from speedsign.job import TrainRequest, train_run
 
     request = TrainRequest(config=config_from_args(args), data_dir=args.data,
                            runs_dir=args.runs_dir or default_runs_dir(), device=args.device, force=args.force,
@@ -106,17 +97,26 @@ def command_train(args: argparse.Namespace) -> int:
     if args.background:
         from speedsign.jobs import launch
 
-        result = launch(request, nproc=args.nproc).to_json()
-    else:
-        result = train_run(request).to_json()
-        if int(os.environ.get("RANK", "0")) != 0:
-            return 0  # under torchrun, rank 0 alone reports
+        return report_train(launch(request, nproc=args.nproc).to_json(), as_json=args.json)
+    return report_train(train_run(request).to_json(), as_json=args.json)
+
+
+def command_job(args: argparse.Namespace) -> int:
+    """A background job: train the request that `jobs.launch` wrote into RUN_DIR/config.json."""
+    from speedsign.job import read_request, train_run
+
+    return report_train(train_run(read_request(args.run_dir)).to_json(), as_json=True)
+
+
+def report_train(result: dict[str, Any], *, as_json: bool) -> int:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 alone reports
     text = (f"{result['run_id']}: {result['state']}"
             + (" (cached)" if result.get("cached") else "")
             + (f", best val acc {result['best_val_acc']:.4f}" if isinstance(result.get("best_val_acc"), float) else "")
             + (f" [{result['error']}]" if result.get("error") else "")
             + f"\n  {result['run_dir']}")
-    emit(result, as_json=args.json, text=text)
+    emit(result, as_json=as_json, text=text)
     return 0 if result["state"] in ("done", "queued", "running") else 1
 
 
@@ -195,7 +195,7 @@ def command_data(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- runs, cancel
 
 def command_runs(args: argparse.Namespace) -> int:
-    from speedsign.runs import default_runs_dir, list_runs
+    from speedsign.runs import list_runs
 
     runs = list_runs(args.runs_dir or default_runs_dir())
     rows = [r.to_json() for r in runs]
@@ -208,8 +208,9 @@ def command_runs(args: argparse.Namespace) -> int:
 
 def command_cancel(args: argparse.Namespace) -> int:
     from speedsign.jobs import request_cancel
+    from speedsign.runs import RunDir
 
-    if not (args.run_dir / "status.json").exists():
+    if not RunDir(args.run_dir).status.exists():
         raise UserError(f"not a run folder: {args.run_dir}")
     signalled = request_cancel(args.run_dir)
     emit({"run_dir": str(args.run_dir), "signalled": signalled}, as_json=args.json,
@@ -263,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--runs-dir", type=Path, default=None)
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(handler=command_runs)
+
+    job = sub.add_parser("job", help="run the background job that a launch wrote into RUN_DIR (internal)")
+    job.add_argument("run_dir", type=Path)
+    job.set_defaults(handler=command_job)
 
     cancel = sub.add_parser("cancel", help="stop a background job cleanly")
     cancel.add_argument("run_dir", type=Path)

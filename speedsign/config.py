@@ -2,15 +2,17 @@
 
 A `TrainConfig` is the whole recipe of one training run. It is saved with every run and every
 checkpoint (so a checkpoint alone can rebuild its model), and its hash, with the data's
-fingerprint, names the run (see `runs.run_id_for`).
+fingerprint, names the run (see `job.plan_run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 from speedsign.errors import UserError
 
@@ -20,6 +22,7 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("none", "step", "cosine", "onecycle")
 AUGMENTS: tuple[str, ...] = ("signs", "tutorial", "none")
 RESIZES: tuple[str, ...] = ("square", "tutorial")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")  # how to run, not part of the recipe
 
 # ImageNet statistics: the pretrained backbones expect them, and using them for every
 # approach keeps one preprocessing for all three.
@@ -64,6 +67,57 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of `TrainConfig`: its type, allowed values and help.
+
+    `SETTINGS` is the one list of training settings: validation, the command line's flags,
+    the Train page's inputs and the job all read it.
+    """
+
+    name: str
+    kind: type  # int, float or str
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    low_open: bool = False  # the range excludes `low`
+    hand_set: bool = False  # offered on the Train page's "set by hand" inputs
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("approach", str, "which of the three approaches to train", choices=APPROACHES),
+    Setting("preset", str, "tuned settings (fast) or the report's (tutorial)", choices=PRESETS),
+    Setting("img_size", int, "input side in pixels", low=16, high=512, hand_set=True),
+    Setting("batch_size", int, "images per training step", low=1, high=65536, hand_set=True),
+    Setting("epochs", int, "passes over the training split", low=1, high=10000, hand_set=True),
+    Setting("optimizer", str, "optimizer", choices=OPTIMIZERS, hand_set=True),
+    Setting("lr", float, "peak learning rate", low=0.0, high=10.0, low_open=True, hand_set=True),
+    Setting("momentum", float, "SGD momentum", low=0.0, high=0.999),
+    Setting("weight_decay", float, "weight decay", low=0.0, high=1.0),
+    Setting("schedule", str, "learning-rate schedule", choices=SCHEDULES, hand_set=True),
+    Setting("step_size", int, "epochs between drops of the step schedule", low=1, high=10000),
+    Setting("gamma", float, "factor of each drop of the step schedule", low=0.0, high=1.0, low_open=True),
+    Setting("label_smoothing", float, "label smoothing of the loss", low=0.0, high=0.5, hand_set=True),
+    Setting("patience", int, "early stopping after N epochs without a better val accuracy (0: off)",
+            low=0, high=10000, hand_set=True),
+    Setting("augment", str, "training augmentation", choices=AUGMENTS),
+    Setting("resize", str, "square, or the tutorial's resize + center crop", choices=RESIZES),
+    Setting("weights", str, "backbone: imagenet, a weights file, run:ID, or none (scratch)"),
+    Setting("val_fraction", float, "share of tracks held out for val when the data has no val/",
+            low=0.0, high=0.9, low_open=True),
+    Setting("seed", int, "random seed", low=0, high=2**31 - 1, hand_set=True),
+)
+# Hand-set inputs appear on the Train page in this order.
+HAND_SET: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.hand_set)
+assert tuple(s.name for s in SETTINGS) == tuple(f.name for f in fields(TrainConfig)), \
+    "SETTINGS must list TrainConfig's fields, in order"
 
 
 # The report's exact settings (PyTorch transfer-learning tutorial), per approach.
@@ -118,7 +172,7 @@ def resolve_config(
 ) -> TrainConfig:
     """Preset values for `approach`, then `overrides` (None values ignored), validated."""
     values: dict[str, Any] = preset_values(approach, preset)
-    known = {f.name for f in fields(TrainConfig)}
+    known = {s.name for s in SETTINGS}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -131,7 +185,7 @@ def resolve_config(
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     """Rebuild a config saved with a run or checkpoint; unknown keys are an error."""
-    known = {f.name for f in fields(TrainConfig)}
+    known = {s.name for s in SETTINGS}
     unknown = set(data) - known
     if unknown:
         raise UserError(f"saved config has unknown settings: {', '.join(sorted(unknown))}")
@@ -143,42 +197,30 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _check_number(name: str, value: Any, *, kind: type, low: float, high: float,
-                  low_open: bool = False) -> None:
+def _check_number(setting: Setting, value: Any) -> None:
+    name = setting.name
     # bool is an int in Python; a config value of True is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{name} must be a number; got {value!r}")
-    if kind is int and not float(value).is_integer():
+    if setting.kind is int and not float(value).is_integer():
         raise UserError(f"{name} must be a whole number; got {value!r}")
     if not math.isfinite(value):
         raise UserError(f"{name} must be finite; got {value!r}")
-    too_low = value <= low if low_open else value < low
+    low, high = setting.low, setting.high
+    too_low = value <= low if setting.low_open else value < low
     if too_low or value > high:
-        bracket = "(" if low_open else "["
+        bracket = "(" if setting.low_open else "["
         raise UserError(f"{name} must be in {bracket}{low}, {high}]; got {value!r}")
 
 
 def validate_config(config: TrainConfig) -> TrainConfig:
     """Reject settings that cannot train, with a message naming the setting."""
-    check_choice("approach", config.approach, APPROACHES)
-    check_choice("preset", config.preset, PRESETS)
-    check_choice("optimizer", config.optimizer, OPTIMIZERS)
-    check_choice("schedule", config.schedule, SCHEDULES)
-    check_choice("augment", config.augment, AUGMENTS)
-    check_choice("resize", config.resize, RESIZES)
-    _check_number("img_size", config.img_size, kind=int, low=16, high=512)
-    _check_number("batch_size", config.batch_size, kind=int, low=1, high=65536)
-    _check_number("epochs", config.epochs, kind=int, low=1, high=10000)
-    _check_number("lr", config.lr, kind=float, low=0.0, high=10.0, low_open=True)
-    _check_number("momentum", config.momentum, kind=float, low=0.0, high=0.999)
-    _check_number("weight_decay", config.weight_decay, kind=float, low=0.0, high=1.0)
-    _check_number("step_size", config.step_size, kind=int, low=1, high=10000)
-    _check_number("gamma", config.gamma, kind=float, low=0.0, high=1.0, low_open=True)
-    _check_number("label_smoothing", config.label_smoothing, kind=float, low=0.0, high=0.5)
-    _check_number("patience", config.patience, kind=int, low=0, high=10000)
-    _check_number("val_fraction", config.val_fraction, kind=float, low=0.0, high=0.9,
-                  low_open=True)
-    _check_number("seed", config.seed, kind=int, low=0, high=2**31 - 1)
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        if setting.choices:
+            check_choice(setting.name, value, setting.choices)
+        elif setting.kind in (int, float):
+            _check_number(setting, value)
     if not isinstance(config.weights, str) or not config.weights:
         raise UserError("weights must be 'imagenet', 'none', a file path or 'run:ID'")
     if config.approach == "scratch" and config.weights != "none":
@@ -188,13 +230,13 @@ def validate_config(config: TrainConfig) -> TrainConfig:
             f"the {config.approach} approach needs pretrained weights: pass --weights imagenet, "
             "a weights file, or run:ID"
         )
-    # Normalise numeric types so equal configs hash equally (2 and 2.0, "32" never gets here).
-    return dataclasses.replace(
-        config,
-        img_size=int(config.img_size), batch_size=int(config.batch_size),
-        epochs=int(config.epochs), step_size=int(config.step_size),
-        patience=int(config.patience), seed=int(config.seed), lr=float(config.lr),
-        momentum=float(config.momentum), weight_decay=float(config.weight_decay),
-        gamma=float(config.gamma), label_smoothing=float(config.label_smoothing),
-        val_fraction=float(config.val_fraction),
-    )
+    # Normalise so equal configs hash equally: 2 and 2.0, and a weights file named from any
+    # folder (a background job runs in the package's folder, not the launcher's).
+    numbers = {s.name: s.kind(getattr(config, s.name)) for s in SETTINGS if s.kind in (int, float)}
+    return dataclasses.replace(config, **numbers, weights=_absolute_weights(config.weights))
+
+
+def _absolute_weights(spec: str) -> str:
+    if spec in ("imagenet", "none") or spec.startswith("run:"):
+        return spec
+    return str(Path(spec).expanduser().resolve())

@@ -13,15 +13,17 @@ import os
 import pickle
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
-from torch import nn
 import torchvision
+from torch import nn
 
 from speedsign.config import TrainConfig
 from speedsign.errors import UserError
+from speedsign.runs import RunDir, is_valid_run_id
 
 IMAGENET_FILE = "resnet18-f37072fd.pth"
 IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
@@ -98,7 +100,8 @@ class ResNet18(nn.Module):
 
 # ---------------------------------------------------------------- building
 
-def build_model(config: TrainConfig, *, num_classes: int, backbone: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+def build_model(config: TrainConfig, *, num_classes: int,
+                backbone: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """The network of an approach, with a new `fc` for `num_classes`.
 
     `backbone` (a ResNet18 state dict) is required for finetune and frozen; its `fc` is
@@ -198,6 +201,13 @@ def _can_reach(host: str, *, timeout: float = 5.0) -> bool:
         return False
 
 
+def check_imagenet_available() -> None:
+    """Fail at once, with what to do, when ImageNet weights are neither cached nor downloadable."""
+    path = imagenet_weights_path()
+    if not path.exists() and not _can_reach("download.pytorch.org"):
+        raise UserError(_offline_message(path))
+
+
 def load_imagenet_state() -> dict[str, torch.Tensor]:
     """torchvision's IMAGENET1K_V1 weights through its own cache and download.
 
@@ -206,8 +216,7 @@ def load_imagenet_state() -> dict[str, torch.Tensor]:
     """
     path = imagenet_weights_path()
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    if not path.exists() and not _can_reach("download.pytorch.org"):
-        raise UserError(_offline_message(path))
+    check_imagenet_available()
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as error:  # network errors, a bad hash, a damaged cached file
@@ -249,16 +258,19 @@ def resolve_weights(spec: str, *, runs_dir: Path) -> dict[str, torch.Tensor]:
     if spec == "imagenet":
         return load_imagenet_state()
     if spec.startswith("run:"):
-        from speedsign.runs import is_valid_run_id
-
-        run_id = spec[4:]
-        if not is_valid_run_id(run_id):
-            raise UserError(f"not a run id: {run_id!r}")
-        path = Path(runs_dir) / run_id / "best.pt"
-        if not path.exists():
-            raise UserError(f"run {run_id} has no best.pt in {runs_dir}: train it first, or check --runs-dir")
-        return load_weights_file(path)
+        return load_weights_file(run_weights_path(spec, runs_dir=runs_dir))
     return load_weights_file(Path(os.path.expanduser(spec)))
+
+
+def run_weights_path(spec: str, *, runs_dir: Path) -> Path:
+    """best.pt of the run that `run:ID` names, checked to exist."""
+    run_id = spec[4:]
+    if not is_valid_run_id(run_id):
+        raise UserError(f"not a run id: {run_id!r}")
+    path = RunDir(Path(runs_dir) / run_id).best
+    if not path.exists():
+        raise UserError(f"run {run_id} has no {RunDir.BEST} in {runs_dir}: train it first, or check --runs-dir")
+    return path
 
 
 def weights_fingerprint(spec: str, *, runs_dir: Path) -> str:
@@ -266,7 +278,7 @@ def weights_fingerprint(spec: str, *, runs_dir: Path) -> str:
     if spec in ("none", "imagenet"):
         return spec
     if spec.startswith("run:"):
-        path = Path(runs_dir) / spec[4:] / "best.pt"
+        path = run_weights_path(spec, runs_dir=runs_dir)
     else:
         path = Path(os.path.expanduser(spec))
     if not path.is_file():

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from speedsign.config import TrainConfig, config_from_dict
 from speedsign.errors import UserError
 from speedsign.images import ImageError, load_image_tensor
 from speedsign.models import build_untrained, load_refusal
+from speedsign.runs import RunDir
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Prediction:
         return self.labels[0]
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{"label": label, "prob": round(prob, 6)} for label, prob in zip(self.labels, self.probs)]
+        return [{"label": label, "prob": round(prob, 6)} for label, prob in zip(self.labels, self.probs, strict=True)]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -59,7 +61,8 @@ class Predictor:
 
     def __init__(self, run_dir: Path | str, *, device: str = "cpu") -> None:
         self.run_dir = Path(run_dir)
-        payload = load_checkpoint(self.run_dir / "best.pt")
+        self.checkpoint = RunDir(self.run_dir).best
+        payload = load_checkpoint(self.checkpoint)
         self.config: TrainConfig = config_from_dict(payload["config"])
         self.classes: tuple[str, ...] = tuple(str(c) for c in payload["classes"])
         self.device = torch.device(device)
@@ -67,7 +70,7 @@ class Predictor:
         try:
             self.model.load_state_dict(payload["model"])
         except RuntimeError as error:
-            raise UserError(f"{self.run_dir / 'best.pt'} does not fit its config: "
+            raise UserError(f"{self.checkpoint} does not fit its config: "
                             f"{str(error).splitlines()[0]}") from error
         self.model.eval().to(self.device)
         # One forward at a time per model: PyTorch modules are not documented thread-safe,

@@ -1,4 +1,4 @@
-"""The training engine: train_one_epoch, evaluate, fit (with hooks), on one or many processes.
+"""The training engine: devices, precision, optimizers, train_one_epoch and evaluate.
 
 Data arrive as uint8 tensors (decoded once); batches are cut by index and augmented on the
 training device. The frozen approach trains its head on cached backbone features instead.
@@ -8,23 +8,26 @@ Under `torchrun` the same code runs data-parallel (DistributedDataParallel).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from speedsign.augment import prepare_batch
-from speedsign.config import TrainConfig
+from speedsign.config import PRECISIONS, TrainConfig
 from speedsign.errors import UserError
-from speedsign.models import backbone_features, set_train_mode, trainable_parameters
+from speedsign.models import backbone_features
+from speedsign.runs import RunDir, StatusWriter
 
 EVAL_BATCH = 512
 
@@ -140,7 +143,6 @@ def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None,
             yield chunk
 
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 
 def cpu_supports_bf16() -> bool:
@@ -194,33 +196,66 @@ class Stopped(Exception):
     """Raised inside an epoch when the job was asked to stop (cancel button, SIGTERM)."""
 
 
-def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
-                    prepare: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-                    optimizer: torch.optim.Optimizer, scheduler: Any, per_step: bool,
-                    batch_size: int, label_smoothing: float, order: torch.Generator,
-                    generator: torch.Generator, device: torch.device, ctx: Distributed = Distributed(),
-                    should_stop: Callable[[], bool] | None = None,
-                    on_step: Callable[[int, int], None] | None = None,
-                    precision: str = "fp32") -> tuple[float, float, int]:
+class StopFlag:
+    """Set by SIGTERM/SIGINT or the run's cancel marker; checked at every training step."""
+
+    def __init__(self, folder: RunDir) -> None:
+        self.folder = folder
+        self.signalled = False
+        self._last_check = 0.0
+        self._marker = False
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_check > 0.5:  # a stat() per step is cheap, but not free
+            self._last_check = now
+            self._marker = self.folder.cancel_requested()
+        return self.signalled or self._marker
+
+
+def prepare_inputs(batch: torch.Tensor, *, config: TrainConfig, features: bool, train: bool,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """What the module sees: frozen features as they are, images augmented (train) and normalised."""
+    if features:
+        return batch
+    return prepare_batch(batch, config=config, train=train, generator=generator, channels_last=True)
+
+
+def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, config: TrainConfig,
+                    features: bool, optimizer: torch.optim.Optimizer, scheduler: Any, per_step: bool,
+                    order: torch.Generator, generator: torch.Generator, device: torch.device,
+                    ctx: Distributed = Distributed(), stop: StopFlag | None = None,
+                    status: StatusWriter | None = None, precision: str = "fp32") -> tuple[float, float, int]:
     """One pass over the training inputs; returns mean loss, accuracy and images seen (all ranks).
 
-    `order` shuffles (the same on every rank); `generator` draws the augmentation.
+    `order` shuffles (the same on every rank); `generator` draws the augmentation. `stop` is
+    checked before every step; `status` gets the step count every 20 steps.
     """
     n = int(labels.shape[0])
+    batch_size = config.batch_size
     total = math.ceil(n / batch_size)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
     for step, index in enumerate(batch_indices(n, batch_size, generator=order, ctx=ctx,
                                                drop_last=n > batch_size), start=1):
-        if should_stop is not None and should_stop():
+        if stop is not None and stop():
             raise Stopped()
         index = index.to(inputs.device)
-        batch = prepare(inputs[index].to(device, non_blocking=True), generator)
+        batch = prepare_inputs(inputs[index].to(device, non_blocking=True), config=config, features=features,
+                               train=True, generator=generator)
         target = labels[index].to(device, non_blocking=True)
         with _autocast(device, precision):
             logits = module(batch)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -230,16 +265,15 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         loss_sum += loss.detach() * len(target)
         correct += (logits.argmax(1) == target).sum()
         seen += len(target)
-        if on_step is not None:
-            on_step(step, total)
+        if status is not None and step % 20 == 0:
+            status.update(step=step, steps=total)
     loss_total, correct_total, seen_total = _all_sum([float(loss_sum), float(correct), float(seen)], device, ctx)
     return loss_total / max(seen_total, 1), correct_total / max(seen_total, 1), int(seen_total)
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
-             prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-             batch_size: int = EVAL_BATCH, ctx: Distributed = Distributed(),
+def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, config: TrainConfig,
+             features: bool, device: torch.device, batch_size: int = EVAL_BATCH, ctx: Distributed = Distributed(),
              precision: str = "fp32") -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and (on one process) the softmax probabilities of every input."""
     was_training = module.training
@@ -249,7 +283,7 @@ def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *,
     probabilities: list[torch.Tensor] = []
     for index in batch_indices(n, batch_size, generator=None, ctx=ctx, drop_last=False):
         index = index.to(inputs.device)
-        batch = prepare(inputs[index].to(device))
+        batch = prepare_inputs(inputs[index].to(device), config=config, features=features, train=False)
         target = labels[index].to(device)
         with _autocast(device, precision):
             logits = module(batch).float()
@@ -279,136 +313,3 @@ def compute_features(model: nn.Module, images: torch.Tensor, *, config: TrainCon
         if on_batch is not None:
             on_batch(step, total)
     return torch.cat(features) if features else torch.zeros((0, 512))
-
-
-# ---------------------------------------------------------------- fit
-
-@dataclass
-class FitState:
-    """What a resumed run needs besides the weights."""
-
-    epoch: int = 0
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    stale_epochs: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class FitHooks:
-    """How `fit` talks to its caller: progress, checkpoints, and stop requests."""
-
-    # (record, state, is_best, snapshot): snapshot() gives the last.pt payload of this epoch
-    on_epoch_end: Callable[[EpochRecord, FitState, bool, Callable[[], dict]], None] | None = None
-    on_start: Callable[[Callable[[], dict]], None] | None = None  # snapshot before epoch 1
-    on_step: Callable[[int, int], None] | None = None
-    should_stop: Callable[[], bool] | None = None
-    on_phase: Callable[[str], None] | None = None  # "features", "training", ...
-
-
-@dataclass(frozen=True)
-class FitInputs:
-    """The tensors `fit` trains on: uint8 images, or backbone features for frozen."""
-
-    train_inputs: torch.Tensor
-    train_labels: torch.Tensor
-    val_inputs: torch.Tensor
-    val_labels: torch.Tensor
-    features: bool
-
-    def to(self, device: torch.device) -> "FitInputs":
-        """On a GPU the whole (small) data set lives on the device: no copies per step."""
-        return FitInputs(self.train_inputs.to(device), self.train_labels.to(device),
-                         self.val_inputs.to(device), self.val_labels.to(device), self.features)
-
-
-def fit(model: nn.Module, inputs: FitInputs, *, config: TrainConfig, device: torch.device,
-        hooks: FitHooks = FitHooks(), resume: dict[str, Any] | None = None,
-        ctx: Distributed = Distributed(), compile_model: bool = False, precision: str = "fp32") -> FitState:
-    """Train for config.epochs (or until early stopping / a stop request); returns the state.
-
-    `resume` is a last.pt payload: weights, optimizer, scheduler and FitState continue from it.
-    The caller saves checkpoints in `hooks.on_epoch_end`. `compile_model` runs the training
-    forward through torch.compile (pays on a GPU for long runs; the first steps compile).
-    """
-    model.to(device)
-    if not inputs.features:
-        model.to(memory_format=torch.channels_last)
-    module: nn.Module = model.fc if inputs.features else model
-    wrapped = module
-    if ctx.active:
-        wrapped = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
-    if compile_model:
-        wrapped = torch.compile(wrapped)
-    params = trainable_parameters(module)
-    if not params:
-        raise UserError("nothing to train: every parameter is frozen")
-    optimizer = build_optimizer(params, config)
-    n_train = int(inputs.train_labels.shape[0])
-    if n_train == 0:
-        raise UserError("the training split is empty (all files unreadable?)")
-    steps = max(1, n_train // config.batch_size) if n_train > config.batch_size else 1
-    scheduler, per_step = build_scheduler(optimizer, config, steps_per_epoch=steps)
-    state = FitState()
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        state = FitState(**resume["fit_state"])
-
-    channels_last = not inputs.features
-
-    def snapshot() -> dict[str, Any]:
-        # Copies, not views: on CPU .cpu() would alias the live weights, which keep training.
-        return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                "optimizer": copy.deepcopy(optimizer.state_dict()),
-                "scheduler": copy.deepcopy(scheduler.state_dict()), "fit_state": asdict(state)}
-
-    if resume is None and hooks.on_start is not None:
-        hooks.on_start(snapshot)
-
-    def prepare_train(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if inputs.features:
-            return batch
-        return prepare_batch(batch, config=config, train=True, generator=generator, channels_last=channels_last)
-
-    def prepare_eval(batch: torch.Tensor) -> torch.Tensor:
-        if inputs.features:
-            return batch
-        return prepare_batch(batch, config=config, train=False, channels_last=channels_last)
-
-    while state.epoch < config.epochs:
-        epoch = state.epoch + 1
-        started = time.perf_counter()
-        set_train_mode(model, approach=config.approach)
-        order = epoch_generator(config, epoch, device=torch.device("cpu"))
-        generator = epoch_generator(config, epoch, device=device, salt=1 + ctx.rank)
-        train_loss, train_acc, seen = train_one_epoch(
-            wrapped, inputs.train_inputs, inputs.train_labels, prepare=prepare_train,
-            optimizer=optimizer, scheduler=scheduler, per_step=per_step,
-            batch_size=config.batch_size, label_smoothing=config.label_smoothing,
-            order=order, generator=generator, device=device, ctx=ctx, should_stop=hooks.should_stop,
-            on_step=hooks.on_step, precision=precision)
-        train_seconds = time.perf_counter() - started
-        lr = optimizer.param_groups[0]["lr"]
-        if not per_step:
-            scheduler.step()
-        val_loss, val_acc, _ = evaluate(module, inputs.val_inputs, inputs.val_labels, prepare=prepare_eval,
-                                        device=device, ctx=ctx, precision=precision)
-        record = EpochRecord(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
-                             val_acc=val_acc, lr=lr, seconds=time.perf_counter() - started,
-                             images_per_s=seen / max(train_seconds, 1e-9))
-        is_best = val_acc > state.best_val_acc
-        state.epoch = epoch
-        state.history.append(record.to_dict())
-        if is_best:
-            state.best_val_acc, state.best_epoch, state.stale_epochs = val_acc, epoch, 0
-        else:
-            state.stale_epochs += 1
-        if hooks.on_epoch_end is not None:
-            hooks.on_epoch_end(record, state, is_best, snapshot)
-        if config.patience and state.stale_epochs >= config.patience:
-            break
-    return state
-

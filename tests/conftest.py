@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,31 +62,41 @@ def tiny_overrides(approach: str, weights: Path) -> dict[str, object]:
 def runs_with_results(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, weights_file: Path) -> dict[str, Path]:
     """One finished tiny run per approach in a shared runs folder: {approach: run_dir}."""
     from speedsign.config import resolve_config
-    from speedsign.runner import TrainRequest, train_run
+    from speedsign.job import TrainRequest, train_run
 
     base = tmp_path_factory.getbasetemp()
     os.environ.setdefault("SPEEDSIGN_CACHE", str(base / "cache"))
     runs_dir = tmp_path_factory.mktemp("runs")
     result: dict[str, Path] = {}
-    for approach in APPROACHES:
-        config = resolve_config(approach=approach, overrides=tiny_overrides(approach, weights_file))
-        outcome = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=runs_dir, device="cpu"))
-        assert outcome.state == "done", outcome
-        result[approach] = outcome.run_dir
+    with training_in_process():
+        for approach in APPROACHES:
+            config = resolve_config(approach=approach, overrides=tiny_overrides(approach, weights_file))
+            outcome = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=runs_dir, device="cpu"))
+            assert outcome.state == "done", outcome
+            result[approach] = outcome.run_dir
     return result
 
 
-@pytest.fixture
-def one_thread():
-    """In-process training with one torch thread (two threads on two shared cores thrash),
-    and the signal handlers a job installs put back afterwards."""
+@contextmanager
+def training_in_process() -> Iterator[None]:
+    """One torch thread (two threads on two shared cores thrash), and the SIGTERM/SIGINT
+    handlers a job installs (its StopFlag) put back afterwards, so Ctrl-C still stops pytest."""
     threads = torch.get_num_threads()
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """In-process training with one torch thread, and the signal handlers a job installs put back afterwards."""
+    with training_in_process():
+        yield
 
 
 @pytest.fixture

@@ -51,8 +51,11 @@ def work(tmp_path: Path) -> Path:
     return folder
 
 
+DEFAULT_LIMITS = ArchiveLimits()
+
+
 def assert_rejected(source: Path | bytes, work: Path, match: str, *,
-                    limits: ArchiveLimits = ArchiveLimits()) -> None:
+                    limits: ArchiveLimits = DEFAULT_LIMITS) -> None:
     out = work / "data"
     with pytest.raises(UserError, match=match):
         extract_dataset_zip(source, out, limits=limits)

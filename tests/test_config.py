@@ -1,7 +1,9 @@
-"""speedsign.config: presets, validation, normalisation; bad settings never reach a job."""
+"""speedsign.config: presets, validation, normalisation, the SETTINGS table behind the command line's
+train flags; bad settings never reach a job."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from pathlib import Path
@@ -9,8 +11,17 @@ from typing import Any
 
 import pytest
 
-from speedsign.config import (APPROACHES, PRESETS, TrainConfig, config_from_dict, preset_values, resolve_config,
-                              validate_config)
+from speedsign.cli import build_parser, config_from_args
+from speedsign.config import (
+    APPROACHES,
+    PRESETS,
+    SETTINGS,
+    TrainConfig,
+    config_from_dict,
+    preset_values,
+    resolve_config,
+    validate_config,
+)
 from speedsign.errors import UserError
 from speedsign.runs import config_hash
 
@@ -107,8 +118,8 @@ def test_stored_size_keeps_the_tutorial_margin() -> None:
 
 def test_config_built_by_hand_or_too_big_a_batch_is_rejected_before_a_job_starts(
         tiny_data: Path, tmp_path: Path) -> None:
+    from speedsign.job import TrainRequest, plan_run, train_run
     from speedsign.jobs import launch
-    from speedsign.runner import TrainRequest, plan_run, train_run
 
     runs_dir = tmp_path / "runs"
     good = resolve_config(approach="scratch", overrides={"img_size": 16, "epochs": 1, "batch_size": 36})
@@ -120,9 +131,116 @@ def test_config_built_by_hand_or_too_big_a_batch_is_rejected_before_a_job_starts
         "unknown approach by hand": (TrainConfig(approach="magic"), "approach must be one of"),
         "batch larger than the 36 training images": (dataclasses.replace(good, batch_size=37), "larger than the 36"),
     }
-    for name, (config, words) in cases.items():
+    for _name, (config, words) in cases.items():
         request = TrainRequest(config=config, data_dir=tiny_data, runs_dir=runs_dir)
         for start in (plan_run, train_run, launch):
             with pytest.raises(UserError, match=words):
                 start(request)
     assert not runs_dir.exists()  # no run folder, so no job
+
+
+def test_a_weights_file_is_made_absolute_so_the_job_finds_it_from_any_folder(
+        weights_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(weights_file.parent)
+    config = resolve_config(approach="frozen", overrides={"weights": weights_file.name})
+    assert config.weights == str(weights_file.resolve()) and Path(config.weights).is_absolute()
+    for spec in ("imagenet", "run:scratch-20250101-aaaaaaaaaa"):
+        assert resolve_config(approach="frozen", overrides={"weights": spec}).weights == spec
+
+
+# ---------------------------------------------------------------- the command line's train flags
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["train"]
+
+
+def test_every_setting_has_a_train_flag_of_its_own() -> None:
+    flags = {option: action for action in train_parser()._actions for option in action.option_strings}
+    for setting in SETTINGS:
+        assert setting.flag in flags, f"no {setting.flag} for {setting.name}"
+        action = flags[setting.flag]
+        assert action.dest == setting.name and action.help
+        if setting.choices:
+            assert tuple(action.choices) == setting.choices, setting.name
+    assert {s.flag for s in SETTINGS} >= {"--step-size", "--gamma"}
+
+
+def test_step_size_and_gamma_flags_reach_the_config(tiny_data: Path) -> None:
+    args = build_parser().parse_args(["train", "--approach", "scratch", "--data", str(tiny_data),
+                                      "--step-size", "3", "--gamma", "0.5", "--schedule", "step"])
+    config = config_from_args(args)
+    assert (config.schedule, config.step_size, config.gamma) == ("step", 3, 0.5)
+    assert type(config.step_size) is int and type(config.gamma) is float
+    defaults = config_from_args(build_parser().parse_args(["train", "--approach", "scratch", "--data", "d"]))
+    assert (defaults.step_size, defaults.gamma) == (TrainConfig.step_size, TrainConfig.gamma)  # the preset's
+    for flag, value, words in (("--step-size", "0", "step_size must be in"), ("--gamma", "0", "gamma must be in"),
+                               ("--gamma", "1.5", "gamma must be in")):
+        bad = build_parser().parse_args(["train", "--approach", "scratch", "--data", "d", flag, value])
+        with pytest.raises(UserError, match=words):
+            config_from_args(bad)
+
+
+def test_step_size_and_gamma_flags_reach_the_run_a_background_job_trains(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m speedsign train --step-size 3 --gamma 0.5 --schedule step --background`, in process."""
+    import json
+    from types import SimpleNamespace
+
+    from speedsign import cli, jobs
+    from speedsign.job import read_request
+
+    started: list[Path] = []
+    monkeypatch.setattr(jobs, "start_job",
+                        lambda run_dir, *, nproc=1: started.append(run_dir) or SimpleNamespace(pid=1))
+    code = cli.main(["train", "--approach", "scratch", "--data", str(tiny_data), "--runs-dir", str(tmp_path / "runs"),
+                     "--img-size", "16", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                     "--step-size", "3", "--gamma", "0.5", "--schedule", "step", "--background", "--json"])
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and answer["state"] == "queued" and started == [Path(answer["run_dir"])]
+    config = read_request(Path(answer["run_dir"])).config  # what the job will train
+    assert (config.schedule, config.step_size, config.gamma) == ("step", 3, 0.5)
+
+
+def test_every_setting_given_as_a_flag_rebuilds_the_same_config(weights_file: Path) -> None:
+    config = resolve_config(approach="finetune", overrides={
+        "img_size": 40, "batch_size": 12, "epochs": 3, "optimizer": "adamw", "lr": 0.1 + 0.2, "momentum": 0.8,
+        "weight_decay": 1e-3, "schedule": "step", "step_size": 3, "gamma": 0.5, "label_smoothing": 0.05,
+        "patience": 2, "augment": "none", "resize": "tutorial", "weights": str(weights_file), "val_fraction": 0.3,
+        "seed": 9})
+    preset = resolve_config(approach="finetune")
+    for setting in SETTINGS[2:]:  # every value set by hand: a flag the parser ignored would show
+        assert getattr(config, setting.name) != getattr(preset, setting.name), setting.name
+    argv = ["train", "--data", "d"]
+    for setting in SETTINGS:
+        argv += [setting.flag, str(getattr(config, setting.name))]
+    assert config_from_args(build_parser().parse_args(argv)) == config
+
+
+# ---------------------------------------------------------------- ImageNet weights offline
+
+@pytest.mark.parametrize("background", [
+    False,
+    True,
+], ids=["train", "train --background"])
+def test_imagenet_weights_offline_exit_2_before_any_run_folder(
+        background: bool, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from speedsign import cli, jobs, models
+
+    if models.imagenet_weights_path().exists():
+        pytest.skip("ImageNet weights are cached on this machine")
+    asked: list[str] = []
+    monkeypatch.setattr(models, "_can_reach", lambda host, *, timeout=5.0: asked.append(host) or False)
+    monkeypatch.setattr(jobs, "start_job", lambda *a, **k: pytest.fail("a job was started"))
+    runs_dir = tmp_path / "runs"
+    code = cli.main(["train", "--approach", "finetune", "--weights", "imagenet", "--data", str(tiny_data),
+                     "--runs-dir", str(runs_dir), "--img-size", "16", "--epochs", "1", "--batch-size", "8",
+                     "--device", "cpu", *(["--background"] if background else [])])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "ImageNet weights" in captured.err and "Traceback" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("speedsign: error:")
+    assert len(asked) <= 1  # one reachability check, never a download attempt
+    assert not runs_dir.exists() or not any(path.is_dir() for path in runs_dir.iterdir())

@@ -38,7 +38,7 @@ def test_torchrun_two_processes_matches_single_process(synth_dir: Path, tmp_path
     assert run.state == "done" and run.damaged is None
     for name in ("config.json", "status.json", "metrics.jsonl", "best.pt", "last.pt", "predictions_val.npz"):
         assert (run.run_dir / name).exists(), name
-    assert run.status["world_size"] == 2
+    assert run.status.world_size == 2
 
     rows_parallel, problem_parallel = read_metrics(Path(parallel["run_dir"]))
     rows_single, _ = read_metrics(Path(single["run_dir"]))

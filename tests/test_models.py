@@ -11,9 +11,19 @@ import torchvision
 
 from speedsign.config import resolve_config
 from speedsign.errors import UserError
-from speedsign.models import (ResNet18, backbone_features, build_model, count_parameters, freeze_backbone,
-                              imagenet_weights_path, load_imagenet_state, load_weights_file, resolve_weights,
-                              set_train_mode, trainable_parameters)
+from speedsign.models import (
+    ResNet18,
+    backbone_features,
+    build_model,
+    count_parameters,
+    freeze_backbone,
+    imagenet_weights_path,
+    load_imagenet_state,
+    load_weights_file,
+    resolve_weights,
+    set_train_mode,
+    trainable_parameters,
+)
 
 APPROACHES = ("finetune", "frozen", "scratch")
 

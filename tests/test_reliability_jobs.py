@@ -1,6 +1,7 @@
 """Jobs that die, and the run store they leave behind (the issue's "Jobs and the run store").
 
-Real jobs are `python -m speedsign train ... --json` subprocesses on a tiny data set (9 classes
+Real jobs are `python -m speedsign train ... --json` subprocesses (and the `python -m speedsign job
+RUN_DIR` ones that `jobs.launch` starts) on a tiny data set (9 classes
 x 6 images of 16 px: 36 train, 18 val) with one torch thread each, so an epoch takes about a
 second even on two shared cores. Every wait has a timeout: a broken job fails the test, it
 never hangs it.
@@ -17,17 +18,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 
-from speedsign import cli, jobs, runs
+from speedsign import cli, jobs, locks, runs, storage
 from speedsign.config import resolve_config
+from speedsign.job import TrainRequest, plan_run, train_run
 from speedsign.models import build_untrained
 from speedsign.predict import Predictor
-from speedsign.runner import TrainRequest, plan_run, train_run
+from speedsign.runs import RunDir, RunStatus
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT = 240  # seconds; a tiny job takes 5-20 s on two busy cores
@@ -100,15 +103,17 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str,
         time.sleep(0.05)
 
 
-def status_of(run_dir: Path) -> dict[str, Any]:
-    try:
-        return runs.read_status(run_dir)
-    except ValueError:  # never, with atomic writes; a test should not die of it anyway
-        return {}
+def status_of(run_dir: Path) -> RunStatus:
+    """status.json as every reader sees it (read_status never raises: damage is a value)."""
+    return runs.read_status(run_dir)
+
+
+def cancel_requested(run_dir: Path) -> bool:
+    return RunDir(run_dir).cancel_requested()
 
 
 def epoch_reached(run_dir: Path, epoch: int) -> Callable[[], bool]:
-    return lambda: int(status_of(run_dir).get("epoch", 0) or 0) >= epoch
+    return lambda: status_of(run_dir).epoch >= epoch
 
 
 def metrics_epochs(run_dir: Path) -> list[int]:
@@ -140,14 +145,14 @@ def test_sigkilled_job_shows_failed_and_resumes_to_same_epochs(
     wait_for(epoch_reached(run_dir, 1), timeout=JOB_TIMEOUT, what="epoch 1", process=job)
     os.kill(job.pid, signal.SIGKILL)  # mid-epoch 2, or while it saves: no handler runs
     job.communicate(timeout=30)
-    assert status_of(run_dir)["state"] == "running", "the test killed the job after it finished"
+    assert status_of(run_dir).state == "running", "the test killed the job after it finished"
 
     # The stored state still says running; what every reader shows is failed, at once.
     killed_at = time.monotonic()
     info = runs.inspect_run(run_dir)
-    assert info.state == "failed" and "gone" in info.status["error"]
+    assert info.state == "failed" and "gone" in info.status.error
     assert time.monotonic() - killed_at < 30
-    assert jobs.queue(runs_dir) == [] and not jobs.is_locked(run_dir)
+    assert jobs.queue(runs_dir) == [] and not locks.is_locked(run_dir)
     resumable = load_last(run_dir)["fit_state"]["epoch"]
     assert 1 <= resumable < epochs
 
@@ -185,13 +190,14 @@ def test_stale_heartbeat_or_dead_pid_shows_failed_within_30_seconds(tmp_path: Pa
     for name, (status, expected) in cases.items():
         run_dir = tmp_path / name.replace(" ", "-").replace(",", "")
         run_dir.mkdir()
-        runs.atomic_write_json(status, run_dir / "status.json")
+        storage.atomic_write_json(status, run_dir / "status.json")
         info = runs.inspect_run(run_dir)
         assert info.state == expected, name
         if expected == "failed":
-            assert info.status["error"], name
+            assert info.status.error, name
     # A heartbeat within the allowed age never makes a live job look dead.
-    assert runs.effective_state({"state": "running", "heartbeat": now - runs.STALE_SECONDS + 2}, now=now)[0] == "running"
+    fresh = RunStatus.parse({"state": "running", "heartbeat": now - runs.STALE_SECONDS + 2})
+    assert runs.effective_state(fresh, now=now)[0] == "running"
 
 
 def test_sigterm_stops_job_cleanly_as_cancelled_with_usable_last_pt(tiny_data: Path, tmp_path: Path) -> None:
@@ -204,11 +210,11 @@ def test_sigterm_stops_job_cleanly_as_cancelled_with_usable_last_pt(tiny_data: P
     assert "Traceback" not in stderr
     assert code == 1 and answer["state"] == "cancelled", stderr
     status = status_of(run_dir)
-    assert status["state"] == "cancelled" and status["pid"] == job.pid
+    assert status.state == "cancelled" and status.pid == job.pid
     last = load_last(run_dir)
-    assert last["fit_state"]["epoch"] == status["epoch"] >= 1
-    assert metrics_epochs(run_dir) == list(range(1, status["epoch"] + 1))
-    assert not jobs.cancel_requested(run_dir) and not jobs.is_locked(run_dir)
+    assert last["fit_state"]["epoch"] == status.epoch >= 1
+    assert metrics_epochs(run_dir) == list(range(1, status.epoch + 1))
+    assert not cancel_requested(run_dir) and not locks.is_locked(run_dir)
     assert runs.inspect_run(run_dir).damaged is None
 
 
@@ -223,10 +229,10 @@ def test_cancel_button_pressed_twice_stops_job_cleanly_as_cancelled(tiny_data: P
     assert code == 1 and answer["state"] == "cancelled", stderr
     assert "Traceback" not in stderr and stderr.count("cancelled: last.pt holds") == 1
     stopped_at = load_last(run_dir)["fit_state"]["epoch"]
-    assert stopped_at == status_of(run_dir)["epoch"] >= 1
+    assert stopped_at == status_of(run_dir).epoch >= 1
     assert metrics_epochs(run_dir) == list(range(1, stopped_at + 1))
     assert jobs.request_cancel(run_dir) is False  # nothing left to cancel; no marker either
-    assert not jobs.cancel_requested(run_dir)
+    assert not cancel_requested(run_dir)
     # (Relaunching a cancelled run resumes it: the SIGKILL test shows resuming from last.pt.)
 
 
@@ -234,10 +240,10 @@ def test_cancel_of_a_job_waiting_in_the_queue_cancels_it(tiny_data: Path, tmp_pa
     runs_dir = tmp_path / "runs"
     run_dir = run_dir_for(tiny_data, runs_dir, epochs=1, seed=3)
     # Someone else holds the CPU's only slot: the job queues behind it.
-    with jobs.FileLock(runs_dir / ".slots" / "cpu-0.lock") as slot:
+    with locks.FileLock(runs_dir / ".slots" / "cpu-0.lock") as slot:
         assert slot.acquire()
         job = start_job(tiny_data, runs_dir, epochs=1, seed=3)
-        wait_for(lambda: status_of(run_dir).get("state") == "queued" and "device_key" in status_of(run_dir),
+        wait_for(lambda: status_of(run_dir).state == "queued" and status_of(run_dir).device_key is not None,
                  timeout=JOB_TIMEOUT, what="the job to queue", process=job)
         assert [entry["run_id"] for entry in jobs.queue(runs_dir)] == [run_dir.name]
         assert jobs.request_cancel(run_dir)
@@ -256,7 +262,7 @@ def test_cancel_pressed_while_a_launched_job_starts_up_is_not_lost(
     run_dir = launched.run_dir
     try:
         # At once: the job is still importing torch and has not written its own status yet.
-        assert status_of(run_dir).get("pid") is None
+        assert status_of(run_dir).pid is None
         jobs.request_cancel(run_dir)
         wait_for(lambda: runs.effective_state(status_of(run_dir))[0] not in runs.ACTIVE_STATES
                  and not runs.pid_alive(launched.pid), timeout=JOB_TIMEOUT, what="the job to stop and exit")
@@ -264,8 +270,8 @@ def test_cancel_pressed_while_a_launched_job_starts_up_is_not_lost(
         if runs.pid_alive(launched.pid):
             os.kill(launched.pid, signal.SIGKILL)
     status = status_of(run_dir)
-    assert status["state"] == "cancelled", (run_dir / "log.txt").read_text()
-    assert not status.get("epoch") and not jobs.cancel_requested(run_dir)
+    assert status.state == "cancelled", (run_dir / "log.txt").read_text()
+    assert not status.epoch and not cancel_requested(run_dir)
 
 
 # ---------------------------------------------------------------- several launches
@@ -292,7 +298,7 @@ import json, sys
 from pathlib import Path
 from speedsign.config import resolve_config
 from speedsign.jobs import launch
-from speedsign.runner import TrainRequest
+from speedsign.job import TrainRequest
 for seed in range(5):
     config = resolve_config(approach="scratch",
                             overrides=dict(img_size=16, batch_size=12, epochs=1, seed=100 + seed))
@@ -344,10 +350,10 @@ def make_run(runs_dir: Path, run_id: str, *, state: str = "done", epoch: int = 2
     """A run folder as a finished job leaves it (checkpoint contents do not matter to listing)."""
     run_dir = runs_dir / run_id
     config = resolve_config(approach="scratch", overrides={"img_size": 16, "epochs": 2}).to_dict()
-    runs.atomic_write_json({"format_version": runs.FORMAT_VERSION, "run_id": run_id, "config": config,
-                            "classes": ["speed_20", "speed_30"]}, run_dir / "config.json")
-    runs.atomic_write_json({"state": state, "epoch": epoch, "best_val_acc": 0.5,
-                            "created": runs.now_iso()}, run_dir / "status.json")
+    storage.atomic_write_json({"format_version": runs.FORMAT_VERSION, "run_id": run_id, "config": config,
+                               "classes": ["speed_20", "speed_30"]}, run_dir / "config.json")
+    storage.atomic_write_json({"state": state, "epoch": epoch, "best_val_acc": 0.5,
+                               "created": runs.now_iso()}, run_dir / "status.json")
     runs.write_metrics(run_dir, [{"epoch": e, "val_acc": 0.5} for e in range(1, epoch + 1)])
     for name in ("best.pt", "last.pt"):
         torch.save({"model": {}}, run_dir / name)
@@ -371,16 +377,18 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing last.pt of a failed run": (
         lambda d: (runs.write_status(d, state="failed"), (d / "last.pt").unlink()), "last.pt is missing"),
     "newer format version": (
-        lambda d: runs.atomic_write_json({**runs.read_json(d / "config.json"), "format_version": runs.FORMAT_VERSION + 1},
-                                         d / "config.json"), "newer than this speedsign understands"),
+        lambda d: storage.atomic_write_json({**storage.read_json(d / "config.json"),
+                                             "format_version": runs.FORMAT_VERSION + 1},
+                                            d / "config.json"), "newer than this speedsign understands"),
     "missing config.json": (lambda d: (d / "config.json").unlink(), "config.json is missing"),
     "truncated config.json": (lambda d: _truncate(d / "config.json"), "config.json is damaged"),
     "wrong types in status.json": (
-        lambda d: runs.atomic_write_json({"state": "done", "epoch": "two", "best_val_acc": "high"}, d / "status.json"),
-        "not a number"),
+        lambda d: storage.atomic_write_json({"state": "done", "epoch": "two", "best_val_acc": "high"},
+                                            d / "status.json"),
+        "status.json holds a bad epoch, best_val_acc"),
     "wrong types in metrics": (
         lambda d: (runs.write_metrics(d, [{"epoch": 1, "val_acc": "x"}, {"epoch": 2, "val_acc": None}]),
-                   runs.atomic_write_json({"state": "done", "epoch": 2}, d / "status.json")), None),
+                   storage.atomic_write_json({"state": "done", "epoch": 2}, d / "status.json")), None),
 }
 
 
@@ -466,7 +474,7 @@ def _finished_epochs_then(request: TrainRequest, patch: pytest.MonkeyPatch, *, f
                 seen["last_writes"] += 1
             return real_mkstemp(*args, **kwargs)
 
-        patch.setattr(runs.tempfile, "mkstemp", mkstemp)
+        patch.setattr(storage.tempfile, "mkstemp", mkstemp)
     return seen
 
 
@@ -490,5 +498,5 @@ def test_disk_full_or_read_only_store_fails_job_with_reason_and_keeps_best_pt(
     assert leftover_temporaries(run_dir) == []
     if fail == "full":  # the small status write still fit: every reader sees the reason
         info = runs.inspect_run(run_dir)
-        assert info.state == "failed" and reason in info.status["error"]
-    assert not jobs.is_locked(run_dir)
+        assert info.state == "failed" and reason in (info.status.error or "")
+    assert not locks.is_locked(run_dir)

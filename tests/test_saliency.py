@@ -14,8 +14,8 @@ from speedsign.augment import prepare_batch
 from speedsign.config import resolve_config
 from speedsign.models import build_untrained, checkpoint_payload, freeze_backbone
 from speedsign.predict import Predictor
-from speedsign.runs import atomic_torch_save
 from speedsign.saliency import grad_cam, jet_colormap, overlay_heatmap
+from speedsign.storage import atomic_torch_save
 
 APPROACHES = ("finetune", "frozen", "scratch")
 CLASSES = ("speed_30", "speed_50", "speed_80")
@@ -222,7 +222,7 @@ def test_threads_sharing_one_predictor_get_the_same_maps(tmp_path):
             if number % 2:  # predictions interleaved with Grad-CAM on the same model
                 predictor.predict_tensor(images[number % 4])
             results[number] = grad_cam(predictor, images[number % 4])
-        except BaseException as error:  # noqa: BLE001 - reported by the assert below
+        except BaseException as error:  # reported by the assert below
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(20)]

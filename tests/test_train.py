@@ -1,4 +1,4 @@
-"""train.py: the frozen head on cached features equals the live backbone; resume is exact;
+"""train.py and the job's loop: the frozen head on cached features equals the live backbone; resume is exact;
 schedules, early stopping and the per-epoch record."""
 
 from __future__ import annotations
@@ -8,11 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from speedsign import job
 from speedsign.config import resolve_config
 from speedsign.data import load_split_tensors, scan_dataset
-from speedsign.models import build_model, load_weights_file
-from speedsign.train import (EpochRecord, FitHooks, FitInputs, batch_indices, build_optimizer, build_scheduler,
-                             compute_features, Distributed, fit, pick_device)
+from speedsign.job import TrainRequest, train_run
+from speedsign.models import build_model, load_weights_file, set_train_mode, trainable_parameters
+from speedsign.runs import RunDir
+from speedsign.train import (
+    Distributed,
+    EpochRecord,
+    Stopped,
+    batch_indices,
+    build_optimizer,
+    build_scheduler,
+    compute_features,
+    epoch_generator,
+    evaluate,
+    pick_device,
+    train_one_epoch,
+)
 
 APPROACHES = ("finetune", "frozen", "scratch")
 
@@ -28,6 +42,26 @@ def _model(config, weights_file: Path):
     return build_model(config, num_classes=9, backbone=backbone)
 
 
+def _train_epochs(module: torch.nn.Module, model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                  val_inputs: torch.Tensor, val_labels: torch.Tensor, *, config, features: bool) -> list[dict]:
+    """The job's epoch loop in small: train_one_epoch then evaluate, with the job's generators."""
+    cpu = torch.device("cpu")
+    optimizer = build_optimizer(trainable_parameters(module), config)
+    scheduler, per_step = build_scheduler(optimizer, config, steps_per_epoch=max(1, len(labels) // config.batch_size))
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        set_train_mode(model, approach=config.approach)
+        loss, _, _ = train_one_epoch(module, inputs, labels, config=config, features=features, optimizer=optimizer,
+                                     scheduler=scheduler, per_step=per_step,
+                                     order=epoch_generator(config, epoch, device=cpu),
+                                     generator=epoch_generator(config, epoch, device=cpu, salt=1), device=cpu)
+        if not per_step:
+            scheduler.step()
+        _, val_acc, _ = evaluate(module, val_inputs, val_labels, config=config, features=features, device=cpu)
+        history.append({"train_loss": loss, "val_acc": val_acc})
+    return history
+
+
 def test_frozen_head_on_cached_features_matches_live_backbone(synth_dir: Path, weights_file: Path) -> None:
     config = resolve_config(approach="frozen", overrides={"weights": str(weights_file), "img_size": 32,
                                                           "epochs": 3, "batch_size": 32})
@@ -38,15 +72,15 @@ def test_frozen_head_on_cached_features_matches_live_backbone(synth_dir: Path, w
     cached_model = _model(config, weights_file)
     features_train = compute_features(cached_model, train.images, config=config, device=cpu)
     features_val = compute_features(cached_model, val.images, config=config, device=cpu)
-    cached = fit(cached_model, FitInputs(features_train, train.labels, features_val, val.labels, True),
-                 config=config, device=cpu)
+    cached = _train_epochs(cached_model.fc, cached_model, features_train, train.labels, features_val, val.labels,
+                           config=config, features=True)
 
     live_model = _model(config, weights_file)
-    live = fit(live_model, FitInputs(train.images, train.labels, val.images, val.labels, False),
-               config=config, device=cpu)
+    live = _train_epochs(live_model, live_model, train.images, train.labels, val.images, val.labels,
+                         config=config, features=False)
 
     assert torch.allclose(cached_model.fc.weight, live_model.fc.weight, atol=1e-4)
-    for a, b in zip(cached.history, live.history):
+    for a, b in zip(cached, live, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
         assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
     # The backbone did not move in either.
@@ -54,51 +88,47 @@ def test_frozen_head_on_cached_features_matches_live_backbone(synth_dir: Path, w
 
 
 @pytest.mark.parametrize("approach", APPROACHES)
-def test_resume_from_a_snapshot_gives_the_same_weights_as_an_uninterrupted_run(
-        approach: str, synth_dir: Path, weights_file: Path) -> None:
+def test_resume_from_last_pt_gives_the_same_weights_as_an_uninterrupted_run(
+        approach: str, synth_dir: Path, weights_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        one_thread: None) -> None:
     overrides = {"img_size": 16, "epochs": 2, "batch_size": 32}
     if approach != "scratch":
         overrides["weights"] = str(weights_file)
     config = resolve_config(approach=approach, overrides=overrides)
-    _, splits = _splits(synth_dir, 16)
-    features = approach == "frozen"
-    model_for_features = _model(config, weights_file)
+    # fp32, as bf16 kernels need not be bitwise repeatable across processes and runs.
+    whole = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path / "whole", device="cpu",
+                                   precision="fp32"))
 
-    def inputs() -> FitInputs:
-        train, val = splits["train"], splits["val"]
-        if features:
-            cpu = torch.device("cpu")
-            return FitInputs(compute_features(model_for_features, train.images, config=config, device=cpu),
-                             train.labels,
-                             compute_features(model_for_features, val.images, config=config, device=cpu),
-                             val.labels, True)
-        return FitInputs(train.images, train.labels, val.images, val.labels, False)
+    # Interrupt the same run right after epoch 1's checkpoint, as a cancel would.
+    append = job.append_metrics
 
-    whole = _model(config, weights_file)
-    fit(whole, inputs(), config=config, device=torch.device("cpu"))
+    def stop_after_first(run_dir: Path, row: dict) -> None:
+        append(run_dir, row)
+        if row["epoch"] == 1:
+            raise Stopped()
 
-    snapshots: list[dict] = []
-    first = _model(config, weights_file)
-    keep_first = FitHooks(on_epoch_end=lambda record, state, best, snapshot:
-                          snapshots.append(snapshot()) if record.epoch == 1 else None)
-    fit(first, inputs(), config=config, device=torch.device("cpu"), hooks=keep_first)
-    resumed = _model(config, weights_file)
-    state = fit(resumed, inputs(), config=config, device=torch.device("cpu"), resume=snapshots[0])
-    assert state.epoch == config.epochs
-    for key, value in whole.state_dict().items():
-        assert torch.allclose(value.float(), resumed.state_dict()[key].float(), atol=1e-5), key
+    request = TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path / "resumed", device="cpu",
+                           precision="fp32")
+    monkeypatch.setattr(job, "append_metrics", stop_after_first)
+    assert train_run(request).state == "cancelled"
+    monkeypatch.setattr(job, "append_metrics", append)
+    resumed = train_run(request)
+    assert resumed.state == "done" and resumed.epochs_run == config.epochs
+    expected = torch.load(RunDir(whole.run_dir).last, weights_only=True)["model"]
+    actual = torch.load(RunDir(resumed.run_dir).last, weights_only=True)["model"]
+    for key, value in expected.items():
+        assert torch.allclose(value.float(), actual[key].float(), atol=1e-5), key
 
 
-def test_early_stopping_ends_after_patience_epochs_without_progress(synth_dir: Path) -> None:
+def test_early_stopping_ends_after_patience_epochs_without_progress(synth_dir: Path, tmp_path: Path,
+                                                                   one_thread: None) -> None:
     # lr so small nothing improves after the first epoch: patience 1 stops at epoch 2.
     config = resolve_config(approach="scratch", overrides={"img_size": 16, "epochs": 10, "batch_size": 64,
                                                            "lr": 1e-9, "schedule": "none", "patience": 1})
-    _, splits = _splits(synth_dir, 16)
-    state = fit(_model(config, Path()), FitInputs(splits["train"].images, splits["train"].labels,
-                                                  splits["val"].images, splits["val"].labels, False),
-                config=config, device=torch.device("cpu"))
-    assert state.epoch < 10
-    assert state.stale_epochs == 1
+    result = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path, device="cpu"))
+    assert result.state == "done" and result.epochs_run < 10
+    payload = torch.load(RunDir(result.run_dir).last, weights_only=True)
+    assert payload["fit_state"]["stale_epochs"] == 1
 
 
 @pytest.mark.parametrize("schedule", ["none", "step", "cosine", "onecycle"])

@@ -1,0 +1,529 @@
+"""The training job: one request in, one finished run folder out.
+
+`train_run` is what `python -m speedsign train` executes, and so every background job
+(`python -m speedsign job RUN_DIR`, which reads the request that `jobs.launch` wrote into
+config.json). Like torchvision's reference `train.py`, `train` reads top to bottom: load
+the data, build the model and optimizer, resume, then epochs of train, evaluate and
+`save_checkpoint`, then the val predictions. `train_run` around it plans the run, holds its
+lock, waits for the device and records the outcome in status.json.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from speedsign import __version__
+from speedsign.config import TrainConfig, config_from_dict, validate_config
+from speedsign.data import DatasetIndex, load_decoded, scan_dataset, select_splits
+from speedsign.errors import UserError
+from speedsign.locks import acquire_device_slot, run_lock
+from speedsign.metrics import evaluation_report
+from speedsign.models import (
+    build_model,
+    build_untrained,
+    check_imagenet_available,
+    checkpoint_payload,
+    resolve_weights,
+    set_train_mode,
+    trainable_parameters,
+    weights_fingerprint,
+)
+from speedsign.runs import (
+    FORMAT_VERSION,
+    RunDir,
+    RunStatus,
+    StatusWriter,
+    append_metrics,
+    config_hash,
+    effective_state,
+    find_run_by_hash,
+    make_run_id,
+    now_iso,
+    read_run_config,
+    truncate_metrics,
+    write_metrics,
+)
+from speedsign.storage import atomic_torch_save, atomic_write_bytes, atomic_write_json, cache_dir, remove_temporaries
+from speedsign.train import (
+    Distributed,
+    EpochRecord,
+    StopFlag,
+    Stopped,
+    build_optimizer,
+    build_scheduler,
+    compute_features,
+    describe_device,
+    distributed_from_env,
+    epoch_generator,
+    evaluate,
+    pick_device,
+    resolve_precision,
+    train_one_epoch,
+)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A training launch: the recipe plus where and how to run it (not part of the run id)."""
+
+    config: TrainConfig
+    data_dir: Path
+    runs_dir: Path
+    device: str = "auto"
+    force: bool = False
+    compile: bool = False  # torch.compile the training step (pays on a GPU)
+    precision: str = "auto"  # auto, fp32 or bf16 (see train.resolve_precision)
+
+    def options(self) -> dict[str, Any]:
+        """How to run it, as config.json's "request" stores it for a background job."""
+        return {"device": self.device, "force": self.force, "compile": self.compile, "precision": self.precision}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a request resolves to before any training: the run's id and folder."""
+
+    run_id: str
+    run_dir: Path
+    digest: str
+    index: DatasetIndex
+    identity: dict[str, Any]
+
+    @property
+    def folder(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The `train --json` answer (the command-line contract)."""
+
+    run_id: str
+    run_dir: Path
+    state: str
+    cached: bool
+    best_val_acc: float | None
+    epochs_run: int
+    seconds: float
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"run_id": self.run_id, "run_dir": str(self.run_dir), "state": self.state,
+                "cached": self.cached, "best_val_acc": self.best_val_acc,
+                "epochs_run": self.epochs_run, "seconds": round(self.seconds, 2)}
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+@dataclass
+class FitState:
+    """What a resumed run needs besides the weights and the optimizer."""
+
+    epoch: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the job trains on: uint8 images, or backbone features for frozen."""
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    val: torch.Tensor
+    val_labels: torch.Tensor
+    val_files: tuple[str, ...]
+    features: bool
+
+
+# ---------------------------------------------------------------- planning
+
+def plan_run(request: TrainRequest) -> RunPlan:
+    """Scan the data and name the run: same config + same data = same id (any day)."""
+    config = validate_config(request.config)  # a TrainConfig built by hand has not been checked
+    index = scan_dataset(request.data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    n_train = len(index.samples("train"))
+    if config.batch_size > n_train:
+        raise UserError(f"batch size {config.batch_size} is larger than the {n_train} training images: "
+                        f"use a batch size of at most {n_train}")
+    identity = {"config": config.to_dict(), "data": index.fingerprint,
+                "weights": weights_fingerprint(config.weights, runs_dir=request.runs_dir)}
+    digest = config_hash(identity)
+    existing = find_run_by_hash(request.runs_dir, digest)
+    run_id = existing.name if existing else make_run_id(config.approach, digest)
+    return RunPlan(run_id=run_id, run_dir=Path(request.runs_dir) / run_id, digest=digest, index=index,
+                   identity=identity)
+
+
+def check_weights(request: TrainRequest) -> None:
+    """Refuse a backbone that cannot load, before any run folder or job exists.
+
+    A file that torch.load(weights_only=True) refuses (pickled code), one of the wrong
+    shape, or ImageNet weights on an offline machine without them is bad input: the
+    command line exits 2 at once.
+    """
+    config = request.config
+    if config.approach == "scratch":
+        return
+    if config.weights == "imagenet":
+        check_imagenet_available()  # the job loads them: a 45 MB download is no work for a page
+        return
+    build_model(config, num_classes=2, backbone=resolve_weights(config.weights, runs_dir=request.runs_dir))
+
+
+def write_run_config(plan: RunPlan, request: TrainRequest) -> None:
+    """config.json: the recipe, the data, and how to run it (what a background job reads)."""
+    atomic_write_json({
+        "format_version": FORMAT_VERSION,
+        "run_id": plan.run_id,
+        "config": request.config.to_dict(),
+        "request": request.options(),
+        "classes": list(plan.index.classes),
+        "data_dir": str(Path(request.data_dir).resolve()),
+        "data_fingerprint": plan.index.fingerprint,
+        "data_layout": plan.index.layout,
+        "weights_fingerprint": plan.identity["weights"],
+        "config_hash": plan.digest,
+        "code_version": __version__,
+        "created": now_iso(),
+    }, plan.folder.config)
+
+
+def read_request(run_dir: Path) -> TrainRequest:
+    """The request that `jobs.launch` wrote into a run's config.json."""
+    run_dir = Path(run_dir)
+    try:
+        meta = read_run_config(run_dir)
+    except ValueError as error:
+        raise UserError(f"{run_dir}: {error}") from None
+    options = meta.get("request") if isinstance(meta.get("request"), dict) else {}
+    return TrainRequest(config=config_from_dict(meta["config"]), data_dir=Path(str(meta.get("data_dir", ""))),
+                        runs_dir=run_dir.parent, device=str(options.get("device", "auto")),
+                        force=options.get("force") is True, compile=options.get("compile") is True,
+                        precision=str(options.get("precision", "auto")))
+
+
+def launched_at(status: RunStatus) -> float | None:
+    """When `jobs.launch` queued this job (its status has no pid yet), else None."""
+    if status.state == "queued" and status.pid is None:
+        return status.queued_at
+    return None
+
+
+def device_key(device: torch.device) -> str:
+    return f"{device.type}-{device.index or 0}" if device.type == "cuda" else device.type
+
+
+# ---------------------------------------------------------------- status and stop requests
+
+def log(message: str) -> None:
+    """A line on stderr (the job's log.txt when launched in the background)."""
+    print(f"[{now_iso()}] {message}", file=sys.stderr, flush=True)
+
+
+def result_from_status(plan: RunPlan, *, cached: bool) -> TrainResult:
+    status = plan.folder.read_status()
+    state, reason = effective_state(status) if status.exists else ("queued", None)
+    if status.damaged and status.state == "unknown":  # status.json unreadable: nothing to trust
+        state = "failed"
+    return TrainResult(run_id=plan.run_id, run_dir=plan.run_dir, state=state, cached=cached,
+                       best_val_acc=status.best_val_acc, epochs_run=status.epoch,
+                       seconds=status.seconds or 0.0, error=status.error or reason or status.damaged)
+
+
+# ---------------------------------------------------------------- the job
+
+def train_run(request: TrainRequest) -> TrainResult:
+    """Train a request into its run folder, or return the finished or in-progress run."""
+    ctx = distributed_from_env()
+    plan = plan_run(request)
+    if not request.force and plan.folder.is_finished():
+        return result_from_status(plan, cached=True)
+    check_weights(request)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_lock(plan.run_dir) if ctx.is_main else None
+    if lock is not None and not lock.acquire():
+        # Another process trains this config right now: report it, never train twice.
+        return result_from_status(plan, cached=False)
+    try:
+        if not request.force and plan.folder.is_finished():  # finished while we waited for the lock
+            return result_from_status(plan, cached=True)
+        return run_job(request, plan, ctx)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_job(request: TrainRequest, plan: RunPlan, ctx: Distributed) -> TrainResult:
+    """Queue for the device, train, and record how it ended: done, cancelled or failed."""
+    folder, config = plan.folder, request.config
+    device = pick_device(request.device)
+    status = StatusWriter(folder) if ctx.is_main else None
+    # A marker left by an earlier, already cancelled attempt goes; one written since `launch`
+    # queued this job is a cancel pressed while it started up, and stops it at once.
+    previous = folder.read_status()
+    folder.clear_cancel(before=launched_at(previous))
+    stop = StopFlag(folder)
+    stop.install()
+    queued_at = previous.queued_at if previous.state == "queued" and previous.queued_at else time.time()
+    if status is not None:
+        if request.force:
+            for name in RunDir.OUTPUTS:
+                (folder.path / name).unlink(missing_ok=True)
+        remove_temporaries(folder.path, RunDir.OUTPUTS)
+        write_run_config(plan, request)
+        status.update(state="queued", queued_at=queued_at, device_key=device_key(device),
+                      device=describe_device(device), error=None, created=previous.created or now_iso(),
+                      epochs=config.epochs, world_size=ctx.world_size)
+        status.start_heartbeat()
+    slot = None
+    try:
+        if not ctx.active:
+            slot = acquire_device_slot(request.runs_dir, folder.path, device_key=device_key(device),
+                                       queued_at=queued_at, should_stop=stop)
+            if slot is None:
+                raise Stopped()
+        if status is not None:
+            status.update(state="running", started=now_iso(), phase="loading data")
+        return train(request, plan, ctx, device=device, status=status, stop=stop)
+    except Stopped:
+        if status is not None:
+            status.update(state="cancelled", phase=None, finished=now_iso())
+        folder.clear_cancel()
+        log(f"cancelled: {RunDir.LAST} holds the last finished epoch")
+        return result_from_status(plan, cached=False)
+    except BaseException as error:
+        message = describe_error(error)
+        if status is not None:
+            try:
+                status.update(state="failed", error=message, phase=None, finished=now_iso())
+            except OSError:
+                pass
+        log(f"failed: {message}")
+        if isinstance(error, (UserError, OSError)):
+            # Not read back from status.json: on a full or read-only disk the write above
+            # may have failed, and the file would still say running.
+            return replace(result_from_status(plan, cached=False), state="failed", error=message)
+        raise
+    finally:
+        if status is not None:
+            status.stop_heartbeat()
+        if slot is not None:
+            slot.release()
+
+
+def describe_error(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.errno is not None:
+        return f"{os.strerror(error.errno)} ({getattr(error, 'filename', '') or type(error).__name__})"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(error).__name__}: {error}" if not isinstance(error, UserError) else str(error)
+
+
+def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: torch.device,
+          status: StatusWriter | None, stop: StopFlag) -> TrainResult:
+    """The training itself, from data to the best model's val predictions."""
+    started = time.perf_counter()  # once the device is ours: time spent queued is not training
+    config, folder, classes = request.config, plan.folder, plan.index.classes
+    torch.manual_seed(config.seed)
+
+    def report(phase: str) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            if status is not None:
+                status.update(phase=f"{phase} {done}/{total}")
+        return progress
+
+    # Data: decoded once (cached on disk); for frozen, backbone features once (cached too).
+    backbone = resolve_weights(config.weights, runs_dir=request.runs_dir) if config.approach != "scratch" else None
+    model = build_model(config, num_classes=len(classes), backbone=backbone)
+    inputs = load_inputs(plan, model, config=config, device=device, report=report)
+
+    # Model, optimizer, schedule: the frozen approach trains the head alone.
+    precision = resolve_precision(request.precision, device)
+    model.to(device)
+    if not inputs.features:
+        model.to(memory_format=torch.channels_last)
+    module: nn.Module = model.fc if inputs.features else model
+    wrapped = module
+    if ctx.active:
+        wrapped = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+    if request.compile:
+        wrapped = torch.compile(wrapped)
+    params = trainable_parameters(module)
+    if not params:
+        raise UserError("nothing to train: every parameter is frozen")
+    optimizer = build_optimizer(params, config)
+    n_train = int(inputs.train_labels.shape[0])
+    steps = max(1, n_train // config.batch_size) if n_train > config.batch_size else 1
+    scheduler, per_step = build_scheduler(optimizer, config, steps_per_epoch=steps)
+
+    # Resume from last.pt when an earlier attempt was interrupted.
+    state, earlier_seconds = FitState(), 0.0
+    resume = None if request.force else load_resume(folder)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        state = FitState(**resume["fit_state"])
+        earlier_seconds = float(resume.get("seconds", 0.0) or 0.0)
+        log(f"resuming from {RunDir.LAST} after epoch {state.epoch}")
+        if ctx.is_main:
+            truncate_metrics(folder.path, last_epoch=state.epoch)
+    elif ctx.is_main:
+        write_metrics(folder.path, [])
+
+    if status is not None:
+        status.update(phase="training", step=0, precision=precision)
+    while state.epoch < config.epochs:
+        epoch = state.epoch + 1
+        epoch_started = time.perf_counter()
+        set_train_mode(model, approach=config.approach)
+        train_loss, train_acc, seen = train_one_epoch(
+            wrapped, inputs.train, inputs.train_labels, config=config, features=inputs.features,
+            optimizer=optimizer, scheduler=scheduler, per_step=per_step,
+            order=epoch_generator(config, epoch, device=torch.device("cpu")),
+            generator=epoch_generator(config, epoch, device=device, salt=1 + ctx.rank), device=device, ctx=ctx,
+            stop=stop, status=status, precision=precision)
+        train_seconds = time.perf_counter() - epoch_started
+        lr = optimizer.param_groups[0]["lr"]
+        if not per_step:
+            scheduler.step()
+        val_loss, val_acc, _ = evaluate(module, inputs.val, inputs.val_labels, config=config,
+                                        features=inputs.features, device=device, ctx=ctx, precision=precision)
+        record = EpochRecord(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+                             val_acc=val_acc, lr=lr, seconds=time.perf_counter() - epoch_started,
+                             images_per_s=seen / max(train_seconds, 1e-9))
+        is_best = val_acc > state.best_val_acc
+        state.epoch = epoch
+        state.history.append(record.to_dict())
+        if is_best:
+            state.best_val_acc, state.best_epoch, state.stale_epochs = val_acc, epoch, 0
+        else:
+            state.stale_epochs += 1
+        seconds = earlier_seconds + time.perf_counter() - started
+        if ctx.is_main:
+            save_checkpoint(folder, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                            config=config, classes=classes, seconds=seconds, is_best=is_best)
+            append_metrics(folder.path, record.to_dict())
+            status.update(epoch=epoch, best_val_acc=state.best_val_acc, val_acc=val_acc,
+                          images_per_s=record.images_per_s, phase="training", seconds=round(seconds, 2))
+            log(f"epoch {epoch}/{config.epochs} train_loss {train_loss:.4f} train_acc {train_acc:.4f} "
+                f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} {record.images_per_s:.0f} img/s")
+        if config.patience and state.stale_epochs >= config.patience:
+            break
+
+    seconds = earlier_seconds + time.perf_counter() - started
+    if ctx.is_main:
+        save_val_predictions(folder, inputs, classes=classes, config=config, device=device)
+        status.update(state="done", phase=None, finished=now_iso(), seconds=round(seconds, 2),
+                      epoch=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch)
+    if ctx.active:
+        torch.distributed.barrier()
+    return TrainResult(run_id=plan.run_id, run_dir=plan.run_dir, state="done", cached=False,
+                       best_val_acc=state.best_val_acc, epochs_run=state.epoch, seconds=seconds)
+
+
+# ---------------------------------------------------------------- pieces of the job
+
+def load_inputs(plan: RunPlan, model: nn.Module, *, config: TrainConfig, device: torch.device,
+                report: Callable[[str], Callable[[int, int], None]]) -> Inputs:
+    """Decoded images (or frozen features) of the train and val splits, on the training device."""
+    decoded = load_decoded(plan.index, size=config.stored_size, resize=config.resize,
+                           progress=report("decoding images"))
+    unreadable = decoded["unreadable"]
+    if unreadable:
+        log(f"skipped {len(unreadable)} unreadable files, e.g. "
+            f"{next(iter(unreadable))}: {next(iter(unreadable.values()))}")
+    values = decoded["images"]
+    features = config.approach == "frozen"
+    if features:
+        values = cached_features(plan, decoded, model, config=config, device=device,
+                                 progress=report("computing backbone features"))
+    splits = select_splits(plan.index, decoded, values)
+    train_split, val_split = splits["train"], splits["val"]
+    if len(val_split) == 0:
+        raise UserError("the val split is empty: add images to val/, or use more groups per class")
+    if len(train_split) < 1:
+        raise UserError("the training split is empty (all files unreadable?)")
+    # On a GPU the whole (small) data set lives on the device: no copies per step.
+    return Inputs(train_split.images.to(device), train_split.labels.to(device), val_split.images.to(device),
+                  val_split.labels.to(device), tuple(val_split.files), features)
+
+
+def cached_features(plan: RunPlan, decoded: dict, model: nn.Module, *, config: TrainConfig,
+                    device: torch.device, progress: Callable[[int, int], None]) -> torch.Tensor:
+    """Backbone features of every decoded image, keyed by (data, weights, size, resize)."""
+    key = config_hash({"data": plan.index.fingerprint, "weights": plan.identity["weights"],
+                       "size": config.img_size, "stored": config.stored_size, "resize": config.resize})
+    path = cache_dir() / f"features-{key}.pt"
+    if path.exists():
+        try:
+            features = torch.load(path, weights_only=True)
+            if isinstance(features, torch.Tensor) and features.shape[0] == len(decoded["files"]):
+                return features
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            pass
+    features = compute_features(model, decoded["images"], config=config, device=device, on_batch=progress)
+    atomic_torch_save(features, path)
+    return features
+
+
+def save_checkpoint(folder: RunDir, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    state: FitState, config: TrainConfig, classes: tuple[str, ...], seconds: float,
+                    is_best: bool) -> None:
+    """last.pt (everything a resume needs) and, for a new best epoch, best.pt (the model alone).
+
+    Plain tensors and containers only: both load with torch.load(weights_only=True).
+    """
+    common = checkpoint_payload(model, config=config, classes=classes)
+    if is_best:
+        atomic_torch_save({**common, "epoch": state.epoch, "val_acc": state.best_val_acc}, folder.best)
+    atomic_torch_save({**common, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "fit_state": asdict(state), "seconds": seconds}, folder.last)
+
+
+def load_resume(folder: RunDir) -> dict[str, Any] | None:
+    """last.pt of an interrupted run, or None when there is nothing usable to resume."""
+    if not folder.last.exists():
+        return None
+    try:
+        payload = torch.load(folder.last, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged last.pt: start over rather than crash
+        log(f"{RunDir.LAST} is unusable ({error}); starting from epoch 1")
+        return None
+    if not isinstance(payload, dict) or "fit_state" not in payload:
+        return None
+    return payload
+
+
+def save_val_predictions(folder: RunDir, inputs: Inputs, *, classes: tuple[str, ...], config: TrainConfig,
+                         device: torch.device) -> None:
+    """Probabilities of the best model on the val split, and its evaluation report."""
+    best = torch.load(folder.best, map_location="cpu", weights_only=True)
+    model = build_untrained(config.approach, num_classes=len(classes))
+    model.load_state_dict(best["model"])
+    model.to(device)
+    module = model.fc if inputs.features else model.to(memory_format=torch.channels_last)
+    _, _, probs = evaluate(module, inputs.val, inputs.val_labels, config=config, features=inputs.features,
+                           device=device)
+    labels = inputs.val_labels.cpu().numpy()
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, probs=probs.astype(np.float32), labels=labels.astype(np.int64),
+                        files=np.array(inputs.val_files, dtype=str), classes=np.array(classes, dtype=str))
+    atomic_write_bytes(buffer.getvalue(), folder.predictions)
+    atomic_write_json(evaluation_report(probs, labels, class_names=classes), folder.evaluation)
