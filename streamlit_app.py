@@ -1,17 +1,39 @@
 """speedsign dashboard: `streamlit run streamlit_app.py`.
 
 The router: page set-up, first-start data (the synthetic sign set when there is none), the
-shared sidebar (data set, device), then the chosen page. Pages live in pages/ and only call
-`speedsign.ui` and the library.
+shared sidebar (data set, device), then the chosen page. Pages live in pages/: each draws
+its own widgets and calls the library; `speedsign.ui` holds what they share.
 """
 
 import streamlit as st
 
-from speedsign import ui
+from speedsign import datasets, ui
+from speedsign.errors import UserError
+
+
+def first_start() -> None:
+    """A fresh machine: render the synthetic sign set now (about 4 s), with a progress bar."""
+    if datasets.list_datasets():
+        return
+    placeholder = st.empty()
+    with placeholder.container():
+        st.info("No data set yet: creating the synthetic speed-limit sign set "
+                f"({9 * datasets.FIRST_RUN_PER_CLASS:,} images). The Dataset page can also import "
+                "GTSRB, your own zip, or a folder on the server.")
+        try:
+            report = datasets.ensure_first_dataset(progress=ui.progress_reporter("Rendering signs"))
+        except (UserError, OSError) as error:
+            st.error(ui.md(f"Could not create the synthetic data set: {error}"))
+            return
+    placeholder.empty()
+    if report is not None:
+        ui.notify("success", f"Created the synthetic sign set ({report.n_images:,} images in "
+                             f"{report.seconds:.1f} s). Import GTSRB or upload your own on the Dataset page.")
+
 
 st.set_page_config(page_title="speedsign", page_icon=":material/speed:", layout="wide")
 
-ui.first_start()
+first_start()
 page = st.navigation([
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),

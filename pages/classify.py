@@ -1,45 +1,84 @@
 """Classify: a photo (upload or webcam), framed, answered by every finished model side by side."""
 
+from typing import Any
+
 import streamlit as st
 
-from speedsign import ui, workspace
+from speedsign import classify, plots, run_views, ui
+from speedsign.errors import UserError
 from speedsign.images import ImageError
+from speedsign.runs import RunInfo
+
+PHOTO_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm"]
+
+
+def photo_bytes(upload: Any, camera: Any) -> bytes | None:
+    """The bytes of the camera shot if there is one, else of the upload."""
+    source = camera if camera is not None else upload
+    return source.getvalue() if source is not None else None
+
+
+def answer_card(info: RunInfo, photo: Any, *, saliency: bool, key: str) -> None:
+    """One model's answer: predicted sign, top-3 bars, latency, and where it looked."""
+    st.markdown(f"**{ui.md(info.approach)}**")
+    st.caption(ui.md(info.run_id))
+    try:
+        model = ui.predictor(info.run_dir)
+        answer = classify.answer(model, photo)
+    except UserError as error:
+        st.error(ui.md(error))
+        return
+    st.metric("Prediction", ui.md(answer.label), help=f"top-1 probability {answer.probs[0]:.1%}")
+    st.plotly_chart(plots.topk_bars(answer.labels, answer.probs), key=f"{key}-top")
+    st.caption(f"{answer.milliseconds:.1f} ms (resize + forward, CPU)" if model.device.type == "cpu"
+               else f"{answer.milliseconds:.1f} ms")
+    if saliency:
+        try:
+            overlay, informative = classify.saliency_overlay(model, answer)
+        except Exception as error:  # a saliency failure must not hide the answer
+            st.caption(f"No saliency map for this model ({type(error).__name__}).")
+            return
+        st.image(overlay, width=160, caption="Grad-CAM: red = where the model looked")
+        if not informative:
+            st.caption(f"Flat map: at {model.config.img_size} px the last block sees the image as one cell, "
+                       "so Grad-CAM cannot point anywhere. Larger inputs give a map.")
+
 
 ui.through_router()
 
 st.title("Classify")
 
 runs = ui.list_runs()
-usable = [info for info in runs if workspace.is_usable(info)]
+usable = [info for info in runs if run_views.is_usable(info)]
 if not usable:
     st.info("No finished model yet: train one on the Train page, then come back with a photo.")
-    if any(info.state in ("queued", "running") for info in runs):
+    if any(run_views.is_active(info) for info in runs):
         st.caption("A job is training now; its model answers here when it finishes.")
     st.stop()
 
-labels = {info.run_id: workspace.run_label(info) for info in usable}
-chosen = st.multiselect("Models", list(labels), default=ui.default_models(usable), format_func=labels.get,
+labels = {info.run_id: run_views.run_label(info) for info in usable}
+chosen = st.multiselect("Models", list(labels), default=classify.default_models(usable), format_func=labels.get,
                         key="classify-models")
 
-upload = st.file_uploader("Upload a photo of a sign", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif",
-                                                            "tiff", "ppm"], key="classify-upload")
+upload = st.file_uploader("Upload a photo of a sign", type=PHOTO_TYPES, key="classify-upload")
 camera = st.camera_input("Take a photo", key="classify-camera") if st.toggle("Use the webcam") else None
-data = ui.photo_bytes(upload, camera)
+data = photo_bytes(upload, camera)
 if data is None:
     st.caption("Upload or take a photo; then frame the sign with the zoom.")
     st.stop()
 try:
-    photo = workspace.decode_photo(data)
+    photo = classify.decode_photo(data)
 except ImageError as error:
     st.error(ui.md(f"That file cannot be used: {error}"))
     st.stop()
 
 frame, answers = st.columns([1, 3])
 with frame:
-    zoom = st.slider("Zoom", 1.0, workspace.MAX_ZOOM, 1.0, 0.1, key="classify-zoom")
-    x = st.slider("Left ↔ right", -1.0, 1.0, 0.0, 0.05, key="classify-x", disabled=zoom == 1.0 and photo.width == photo.height)
-    y = st.slider("Up ↕ down", -1.0, 1.0, 0.0, 0.05, key="classify-y", disabled=zoom == 1.0 and photo.width == photo.height)
-    framed = workspace.crop_square(photo, zoom=zoom, x=x, y=y)
+    zoom = st.slider("Zoom", 1.0, classify.MAX_ZOOM, 1.0, 0.1, key="classify-zoom")
+    fixed = not classify.can_move(photo, zoom)
+    x = st.slider("Left ↔ right", -1.0, 1.0, 0.0, 0.05, key="classify-x", disabled=fixed)
+    y = st.slider("Up ↕ down", -1.0, 1.0, 0.0, 0.05, key="classify-y", disabled=fixed)
+    framed = classify.crop_square(photo, zoom=zoom, x=x, y=y)
     st.image(framed, caption=f"What the models see ({framed.width} px square, resized per model)")
     saliency = st.toggle("Show where each model looked (Grad-CAM)", value=True, key="classify-saliency")
 with answers:
@@ -47,6 +86,6 @@ with answers:
         st.caption("Choose one or more models.")
     by_id = {info.run_id: info for info in usable}
     for start in range(0, len(chosen), 3):
-        for column, run_id in zip(st.columns(3), chosen[start:start + 3]):
+        for column, run_id in zip(st.columns(3), chosen[start:start + 3], strict=False):
             with column:
-                ui.answer_card(by_id[run_id], framed, saliency=saliency, key=f"answer-{run_id}")
+                answer_card(by_id[run_id], framed, saliency=saliency, key=f"answer-{run_id}")

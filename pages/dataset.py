@@ -1,9 +1,110 @@
 """Dataset: choose or create a data set, then look at it before training on it."""
 
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
-from speedsign import plots, ui, workspace
+from speedsign import datasets, plots, ui
 from speedsign.config import APPROACHES, PRESETS
+from speedsign.data import DatasetIndex, image_sizes
+from speedsign.errors import UserError
+from speedsign.leaks import find_leaks
+
+Progress = Callable[[int, int], None]
+Work = Callable[[Progress], tuple[Path, str]]
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading image sizes…")
+def size_table(root: str, fingerprint: str) -> pd.DataFrame:
+    return datasets.sizes_frame(image_sizes(ui.scan(root)))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def leak_table(root: str, fingerprint: str, max_distance: int = 4) -> pd.DataFrame:
+    return find_leaks(ui.scan(root), max_distance=max_distance)
+
+
+def create_dataset(label: str, work: Work) -> None:
+    """Run `work(progress)` with a progress bar; on success switch to the new data set.
+
+    `work` returns the new folder and a message. A refusal (UserError: bad zip, no classes,
+    offline download) or a disk error is shown here, and nothing stored before is touched.
+    """
+    try:
+        path, message = work(ui.progress_reporter(label))
+    except (UserError, OSError) as error:
+        st.error(ui.md(error), icon=":material/error:")
+        return
+    ui.notify("success", message)
+    ui.use_dataset(path)
+
+
+def render_synth(progress: Progress, *, per_class: int, size: int, seed: int) -> tuple[Path, str]:
+    out, report = datasets.create_synth(per_class=per_class, size=size, seed=seed, progress=progress)
+    return out, f"Rendered {report.n_images:,} images into {out.name} in {report.seconds:.1f} s."
+
+
+def import_gtsrb(progress: Progress, *, source: str) -> tuple[Path, str]:
+    out, report = datasets.import_gtsrb(source, progress=progress)
+    skipped = f" ({report.skipped} unreadable skipped)" if report.skipped else ""
+    return out, f"Imported {report.n_images:,} GTSRB images into {out.name} in {report.seconds:.1f} s{skipped}."
+
+
+def import_upload(progress: Progress, *, data: bytes, name: str) -> tuple[Path, str]:
+    out, report, index = datasets.import_zip(data, name=name, progress=progress)
+    skipped = f"; skipped {report.skipped} file(s), e.g. {', '.join(report.skipped_examples)}" \
+        if report.skipped else ""
+    return out, f"Imported {report.n_images:,} images in {len(index.classes)} classes into {out.name}{skipped}."
+
+
+def choose_server_folder(text: str) -> None:
+    """A folder on the server, checked (layout, classes) before it becomes the data set."""
+    try:
+        index = datasets.check_server_folder(text)
+    except (UserError, OSError) as error:
+        st.error(ui.md(error), icon=":material/error:")
+        return
+    ui.notify("success", f"Using {index.root}: {sum(datasets.split_sizes(index).values()):,} images, "
+                         f"{len(index.classes)} classes.")
+    ui.use_dataset(index.root)
+
+
+def augmentation_strip(index: DatasetIndex, relative: str, *, approach: str, preset: str) -> None:
+    """One image as evaluated, then eight augmented versions."""
+    try:
+        original, versions, config = datasets.augmentation_preview(index.root, relative, approach=approach,
+                                                                   preset=preset)
+    except UserError as error:
+        st.error(ui.md(error))
+        return
+    st.image([original, *versions], width=96)
+    st.caption(f"First: as evaluated ({config.img_size} px). Then recipe “{config.augment}”"
+               + (": no augmentation, all eight are the same." if config.augment == "none" else "."))
+
+
+def leak_report(index: DatasetIndex) -> None:
+    """Near-duplicates shared by train and val, as a table and a few image pairs."""
+    try:
+        with st.spinner("Hashing images…", show_time=True):
+            leaks = leak_table(str(index.root), index.fingerprint)
+    except UserError as error:
+        st.error(ui.md(error))
+        return
+    if leaks.empty:
+        st.success("No near-duplicates between train and val.")
+        return
+    st.warning(f"{len(leaks)} near-duplicate pair(s) between train and val: val accuracy is inflated "
+               "by these. Remove one image of each pair, or split by track.")
+    st.dataframe(leaks, hide_index=True)
+    for row in leaks.head(6).itertuples(index=False):
+        pair = [ui.picture(index.root, f, fingerprint=index.fingerprint) for f in (row.train_file, row.val_file)]
+        if all(p is not None for p in pair):
+            st.image(pair, width=72)
+        st.caption(f"{ui.md(row.train_file)} ↔ {ui.md(row.val_file)} (distance {row.distance})")
+
 
 ui.through_router()
 
@@ -15,30 +116,31 @@ synth_tab, gtsrb_tab, upload_tab, folder_tab = st.tabs(
 with synth_tab:
     st.caption("Renders German speed-limit signs as a dash camera sees them (9 classes, tracks of 5 frames).")
     left, middle, right = st.columns(3)
-    per_class = left.number_input("Images per class", 10, 5000, workspace.FIRST_RUN_PER_CLASS, step=50)
+    per_class = left.number_input("Images per class", 10, 5000, datasets.FIRST_RUN_PER_CLASS, step=50)
     size = middle.selectbox("Image size (px)", [32, 48, 64, 96, 128], index=2)
     seed = right.number_input("Seed", 0, 2**31 - 1, 0)
     if st.button("Render a synthetic set", icon=":material/brush:"):
-        ui.render_synth(per_class=int(per_class), size=int(size), seed=int(seed))
+        create_dataset("Rendering signs", partial(render_synth, per_class=int(per_class), size=int(size),
+                                                  seed=int(seed)))
 with gtsrb_tab:
     st.caption("The nine speed-limit classes of the German Traffic Sign Recognition Benchmark, split by track.")
     source = st.text_input("GTSRB_Final_Training_Images.zip or its extracted folder on the server",
                            placeholder="empty: download it (needs internet)")
     if st.button("Import GTSRB", icon=":material/download:"):
-        ui.import_gtsrb(source)
+        create_dataset("Importing GTSRB", partial(import_gtsrb, source=source))
 with upload_tab:
     st.caption("A zip in the report's layout: `train/<class>/<image>` and `val/<class>/<image>` "
                "(`test/` optional), or `<class>/<image>` alone (val is then drawn from it by track).")
     upload = st.file_uploader("Data-set zip", type=["zip"], key="dataset-zip")
     name = st.text_input("Name", placeholder="the zip's name", key="dataset-zip-name")
     if upload is not None and st.button("Import the zip", icon=":material/upload:"):
-        ui.import_upload(name or upload.name, upload.getvalue())
+        create_dataset("Unpacking the zip", partial(import_upload, data=upload.getvalue(), name=name or upload.name))
 with folder_tab:
     folder = st.text_input("Folder path on the server", placeholder="/srv/signs",
                            help="A folder holding train/<class>/ (and val/), or <class>/ folders.",
                            key="server-folder")
     if st.button("Use this folder", icon=":material/folder_open:"):
-        ui.choose_server_folder(folder)
+        choose_server_folder(folder)
 
 index = ui.current_index()
 if index is None:
@@ -52,20 +154,20 @@ ui.dataset_summary(index)
 counts_col, sizes_col = st.columns(2)
 with counts_col:
     st.markdown("**Images per class and split**")
-    st.plotly_chart(plots.class_counts_bar(workspace.counts_frame(index)), key="counts")
-    st.dataframe(workspace.counts_table(index))
+    st.plotly_chart(plots.class_counts_bar(datasets.counts_frame(index)), key="counts")
+    st.dataframe(datasets.counts_table(index))
 with sizes_col:
     st.markdown("**Original image sizes**")
-    sizes = ui.size_table(index)
+    sizes = size_table(str(index.root), index.fingerprint)
     if sizes.empty:
         st.caption("No readable image.")
     else:
         st.plotly_chart(plots.size_histogram(sizes), key="sizes")
-        st.dataframe(sizes.describe().loc[["min", "50%", "max"]].rename(index={"50%": "median"}))
+        st.dataframe(datasets.size_summary(sizes))
 
 st.subheader("Samples per class")
 per_row = st.slider("Images per class", 1, 12, 6)
-for class_name, files in workspace.sample_files(index, per_class=per_row).items():
+for class_name, files in datasets.sample_files(index, per_class=per_row).items():
     pictures = [p for p in (ui.picture(index.root, f, fingerprint=index.fingerprint) for f in files) if p is not None]
     st.caption(ui.md(class_name))
     if pictures:
@@ -77,12 +179,12 @@ aug_cols = st.columns(3)
 approach = aug_cols[0].selectbox("Approach", APPROACHES, key="aug-approach")
 preset = aug_cols[1].selectbox("Preset", PRESETS, key="aug-preset")
 aug_class = aug_cols[2].selectbox("Class", index.classes, key="aug-class", format_func=str)
-candidates = workspace.sample_files(index, per_class=50).get(aug_class, [])
+candidates = datasets.sample_files(index, per_class=50).get(aug_class, [])
 if candidates:
     choice = st.slider("Image", 1, len(candidates), 1, key="aug-image") if len(candidates) > 1 else 1
-    ui.augmentation_preview(index, candidates[choice - 1], approach=approach, preset=preset)
+    augmentation_strip(index, candidates[choice - 1], approach=approach, preset=preset)
 
 st.subheader("Leak check")
 st.caption("Near-duplicate images shared by train and val (perceptual hash) inflate val accuracy.")
 if st.toggle("Check this data set for leaks", key="leak-check"):
-    ui.leak_report(index)
+    leak_report(index)

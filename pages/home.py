@@ -2,7 +2,57 @@
 
 import streamlit as st
 
-from speedsign import ui
+from speedsign import datasets, run_views, ui
+from speedsign.compare import best_runs, compare_runs, comparison_frame, measure_latency, winner_sentence
+from speedsign.config import APPROACHES
+from speedsign.data import DatasetIndex
+from speedsign.errors import UserError
+from speedsign.storage import default_runs_dir
+
+
+@st.cache_data(max_entries=64, show_spinner="Measuring single-image latency…")
+def latency(run_dir: str, stamp: int, data_root: str, fingerprint: str) -> dict[str, float] | None:
+    """p50/p95 of one upload end to end for a run's model, on an image of the data set."""
+    image = datasets.first_image_bytes(ui.scan(data_root))
+    if image is None:
+        return None
+    return measure_latency(ui.predictor(run_dir), image)
+
+
+def comparison(index: DatasetIndex) -> None:
+    """The three approaches' best runs on this data set, and one sentence on who wins."""
+    best = best_runs(default_runs_dir(), data_fingerprint=index.fingerprint)
+    if not best:
+        active = [info for info in ui.list_runs() if run_views.is_active(info)]
+        if active:
+            st.info(f"{len(active)} job(s) training now: the comparison appears when one finishes.",
+                    icon=":material/hourglass_top:")
+        else:
+            st.info("No finished runs on this data set yet. Launch the three approaches on the Train page; "
+                    "their comparison appears here.", icon=":material/model_training:")
+        ui.goto("pages/train.py", "Go to Train", ":material/model_training:")
+        return
+    measured: dict[str, float] = {}
+    tails: list[str] = []
+    for approach, info in best.items():
+        try:
+            timing = latency(str(info.run_dir), run_views.mtime_ns(info.folder.best), str(index.root),
+                             index.fingerprint)
+        except UserError as error:
+            st.warning(ui.md(f"{approach}: latency not measured ({error})"))
+            continue
+        if timing is not None:
+            measured[info.run_id] = timing["p50"]
+            tails.append(f"{approach} {timing['p95']:.1f} ms")
+    rows = compare_runs(best, latency=measured)
+    st.dataframe(comparison_frame(rows), hide_index=True)
+    st.markdown(ui.md(winner_sentence(rows)))
+    if tails:
+        st.caption("Single-image latency (decode, resize, forward on this machine) p95: " + ui.md(", ".join(tails)))
+    missing = [approach for approach in APPROACHES if approach not in best]
+    if missing:
+        st.caption(f"No finished run yet for: {ui.md(', '.join(missing))}.")
+
 
 ui.through_router()
 
@@ -19,4 +69,4 @@ else:
     ui.dataset_summary(index)
     st.subheader("Best run of each approach on this data set")
     with ui.user_errors():
-        ui.comparison(index)
+        comparison(index)

@@ -11,18 +11,22 @@ import functools
 import math
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from speedsign.config import APPROACHES
+from speedsign.errors import UserError
+from speedsign.evaluation import read_predictions
 from speedsign.metrics import wilson_interval
 from speedsign.models import build_untrained, count_parameters, model_size_mb
 from speedsign.predict import Predictor
-from speedsign.runs import RunInfo, list_runs, read_json, read_metrics
+from speedsign.runs import RunDir, RunInfo, list_runs, read_metrics
+from speedsign.storage import read_json
 
 # Relative training-time difference below which two runs "train about as fast".
 SAME_SPEED_RATIO = 1.05
@@ -76,7 +80,7 @@ def is_comparable(info: RunInfo, *, data_fingerprint: str | None = None) -> bool
 
 def _rank(info: RunInfo) -> tuple[float, str]:
     # ISO timestamps in UTC sort as strings; "finished" says which result is newest.
-    finished = str(info.status.get("finished") or info.status.get("created") or info.config.get("created") or "")
+    finished = str(info.status.finished or info.status.created or info.config.get("created") or "")
     return float(info.best_val_acc or 0.0), finished
 
 
@@ -109,8 +113,8 @@ def summarize_run(info: RunInfo, *, approach: str | None = None, latency_ms: flo
     return Comparison(
         approach=approach, run_id=info.run_id, preset=str(config.get("preset", "?")),
         val_acc=accuracy, ci_low=low, ci_high=high, n_val=n,
-        train_seconds=_number(info.status.get("seconds")),
-        images_per_s=median_throughput(rows, fallback=info.status.get("images_per_s")),
+        train_seconds=_number(info.status.seconds),
+        images_per_s=median_throughput(rows, fallback=info.status.images_per_s),
         epochs=int(info.epoch or len(rows)), img_size=int(_number(config.get("img_size"))),
         model_mb=size_mb, params=params,
         latency_ms=float(latency_ms) if latency_ms is not None else None,
@@ -124,10 +128,10 @@ def val_accuracy(info: RunInfo) -> tuple[float, int, float, float]:
     From eval_val.json, else predictions_val.npz, else the status's best_val_acc with n = 0
     (nothing says how many images it was measured on, so the interval is the whole 0-1).
     """
-    report = _read_eval(info.run_dir / "eval_val.json")
+    report = _read_eval(info.folder.evaluation)
     if report is not None:
         return report
-    counted = _count_predictions(info.run_dir / "predictions_val.npz")
+    counted = _count_predictions(info.folder.predictions)
     if counted is not None:
         correct, n = counted
         low, high = wilson_interval(correct, n)
@@ -152,15 +156,12 @@ def _read_eval(path: Path) -> tuple[float, int, float, float] | None:
 
 
 def _count_predictions(path: Path) -> tuple[int, int] | None:
+    """(correct, n) of a run's saved val predictions; None when missing or damaged."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            probs, labels = np.asarray(data["probs"]), np.asarray(data["labels"])
-    except (OSError, ValueError, KeyError):
+        saved = read_predictions(path)
+    except UserError:  # missing or damaged: fall back to the status's accuracy
         return None
-    if probs.ndim != 2 or labels.ndim != 1 or probs.shape[0] != labels.shape[0]:
-        return None
-    correct = int((probs.argmax(axis=1) == labels).sum()) if labels.size else 0
-    return correct, int(labels.size)
+    return saved.correct, len(saved.labels)
 
 
 def median_throughput(rows: Sequence[Mapping[str, Any]], *, fallback: Any = None) -> float:
@@ -181,7 +182,8 @@ def model_footprint(approach: str, *, num_classes: int, run_dir: Path | None = N
     """
     if approach in APPROACHES and num_classes > 0:
         return _footprint(approach, num_classes)
-    size = (run_dir / "best.pt").stat().st_size / 1e6 if run_dir and (run_dir / "best.pt").exists() else 0.0
+    best = RunDir(run_dir).best if run_dir else None
+    size = best.stat().st_size / 1e6 if best is not None and best.exists() else 0.0
     return 0, size, None
 
 

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -162,7 +163,7 @@ def explain_failure(page: Any, folder: Path) -> Iterator[None]:
     """On a failure, add what the page showed: its script state, its text, a screenshot."""
     try:
         yield
-    except Exception as error:  # noqa: BLE001  (re-raised with the page's state)
+    except Exception as error:  # re-raised with the page's state
         shot = Path(folder) / "failure.png"
         details = []
         with contextlib.suppress(Exception):

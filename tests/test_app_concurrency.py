@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest, app_test
 
 from speedsign import jobs
 from speedsign.config import resolve_config
-from speedsign.runner import TrainRequest
+from speedsign.job import TrainRequest
 from speedsign.runs import effective_state, read_status
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -119,7 +119,7 @@ def test_five_classify_sessions_render_while_a_job_trains(
                 barrier.wait(timeout=60)  # all five classify at the same moment
                 at.file_uploader(key="classify-upload").set_value(("sign.png", photo, "image/png")).run()
                 results[number] = at
-            except BaseException as error:  # noqa: BLE001  (reported by the main thread)
+            except BaseException as error:  # reported by the main thread
                 results[number] = error
 
         threads = [threading.Thread(target=session, args=(n,)) for n in range(SESSIONS)]

@@ -18,12 +18,11 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from speedsign import workspace
+from speedsign import datasets, evaluation, training
 from speedsign.runs import inspect_run
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -41,8 +40,8 @@ def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     runs.mkdir()
     monkeypatch.setenv("SPEEDSIGN_DATA", str(data))
     monkeypatch.setenv("SPEEDSIGN_RUNS", str(runs))
-    monkeypatch.setattr(workspace, "FIRST_RUN_PER_CLASS", 10)
-    monkeypatch.setattr(workspace, "FIRST_RUN_SIZE", 32)
+    monkeypatch.setattr(datasets, "FIRST_RUN_PER_CLASS", 10)
+    monkeypatch.setattr(datasets, "FIRST_RUN_SIZE", 32)
     return {"data": data, "runs": runs}
 
 
@@ -215,8 +214,7 @@ def test_bad_zip_uploads_are_refused_and_nothing_stored_is_lost(
 
 
 def test_import_upload_function_handles_empty_bytes(with_data: dict[str, Path]) -> None:
-    at = AppTest.from_string(
-        "from speedsign import ui\nui.import_upload('empty.zip', b'')\n", default_timeout=TIMEOUT).run()
+    at = upload_zip(start("dataset"), "empty.zip", b"")
     assert_clean(at)
     assert "empty" in " ".join(texts(at, "error"))
 
@@ -315,7 +313,7 @@ def test_evaluation_gallery_when_the_data_folder_is_gone(with_data: dict[str, Pa
     config["data_dir"] = str(tmp_path / "deleted-data")
     (runs / runs_with_results["scratch"].name / "config.json").write_text(json.dumps(config))
     monkeypatch.setenv("SPEEDSIGN_RUNS", str(runs))
-    if workspace.misclassified(workspace.load_val_evaluation(inspect_run(runs / runs_with_results["scratch"].name))).empty:
+    if evaluation.misclassified(evaluation.val_evaluation(inspect_run(runs / runs_with_results["scratch"].name))).empty:
         pytest.skip("the tiny run made no mistakes: no gallery to show")
     at = start("evaluation")
     assert_clean(at)
@@ -355,13 +353,6 @@ def test_classify_bad_uploads_are_messages(with_runs: dict[str, Path], synth_dir
     assert not [m for m in at.metric if m.label == "Prediction"]
 
 
-def test_too_big_photo_is_refused_by_the_decoder() -> None:
-    from speedsign.images import ImageError, MAX_FILE_BYTES
-
-    with pytest.raises(ImageError, match="limit"):
-        workspace.decode_photo(b"\xff\xd8" + b"\0" * MAX_FILE_BYTES)
-
-
 def test_train_launch_of_a_finished_config_is_shown_at_once(with_runs: dict[str, Path], weights_file: Path) -> None:
     at = start("train")
     assert_clean(at)
@@ -382,7 +373,7 @@ def test_train_launch_of_a_finished_config_is_shown_at_once(with_runs: dict[str,
 
 
 def _choose_weights_file(at: AppTest, weights_file: Path) -> None:
-    path_option = next(o for o in workspace.weights_options([]) if o.spec == "path")
+    path_option = next(o for o in training.weights_options([]) if o.spec == "path")
     at.selectbox(key="train-weights").set_value(path_option).run()
     at.text_input(key="train-weights-path").set_value(str(weights_file)).run()
 
@@ -545,36 +536,7 @@ def test_run_folder_deleted_while_the_app_runs(with_data: dict[str, Path], runs_
     assert "folder is gone" in everything(at)
 
 
-# ---------------------------------------------------------------- pure helpers the pages use
-
-def test_crop_square_zoom_and_offsets() -> None:
-    image = Image.fromarray(np.arange(200 * 100 * 3, dtype=np.uint32).reshape(100, 200, 3).astype(np.uint8))
-    assert workspace.crop_square(image).size == (100, 100)
-    assert workspace.crop_square(image, zoom=2).size == (50, 50)
-    left = workspace.crop_square(image, zoom=2, x=-1, y=-1)
-    right = workspace.crop_square(image, zoom=2, x=1, y=1)
-    assert np.array_equal(np.asarray(left), np.asarray(image)[:50, :50])
-    assert np.array_equal(np.asarray(right), np.asarray(image)[50:, 150:])
-    assert workspace.crop_square(image, zoom=99, x=5).size == (25, 25)  # clamped to 4x, edge
-
-
-def test_inside_refuses_paths_leaving_the_folder(tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "x.png").write_bytes(b"x")
-    (tmp_path / "a" / "out").symlink_to(tmp_path)
-    assert workspace.inside(tmp_path / "a", "x.png") == (tmp_path / "a" / "x.png").resolve()
-    assert workspace.inside(tmp_path / "a", "../a/x.png") is not None
-    assert workspace.inside(tmp_path / "a", "../secret") is None
-    assert workspace.inside(tmp_path / "a", "/etc/passwd") is None
-    assert workspace.inside(tmp_path / "a", "out/secret") is None
-
-
-def test_safe_folder_names_and_unique_folders(tmp_path: Path) -> None:
-    assert workspace.safe_folder_name("../../My Signs!.zip") == "My-Signs"
-    assert workspace.safe_folder_name("...zip") == "dataset"
-    (tmp_path / "synth").mkdir()
-    assert workspace.unique_folder(tmp_path, "synth").name == "synth-2"
-
+# ---------------------------------------------------------------- shared helpers (speedsign.ui)
 
 def test_markdown_escaping_of_untrusted_names() -> None:
     from speedsign.ui import md
@@ -583,30 +545,11 @@ def test_markdown_escaping_of_untrusted_names() -> None:
     assert md("<b>*x*</b>") == r"\<b\>\*x\*\</b\>"
 
 
-def test_job_view_estimates_time_left_from_epoch_durations(runs_with_results: dict[str, Path], tmp_path: Path) -> None:
-    run_dir = fake_job(tmp_path, runs_with_results["scratch"])
-    info = inspect_run(run_dir)
-    rows = [{"epoch": 1, "seconds": 10.0, "val_acc": 0.5, "images_per_s": 100.0}]
-    view = workspace.job_view(info, rows)
-    assert view.state == "running" and view.active
-    assert view.epoch == 1 and view.epochs == 2
-    assert view.fraction == pytest.approx((1 + 1 / 4) / 2)
-    assert view.seconds_left == pytest.approx(10.0 * (2 - 1 - 0.25))
-    assert workspace.format_seconds(view.seconds_left) == "8 s"
-    assert workspace.format_seconds(None) == "estimating…"
-    assert workspace.format_seconds(3725) == "1 h 02 min"
-    frame = workspace.queue_frame([{"run_id": "a", "state": "queued", "queued_at": 100.0, "epoch": 0,
-                                    "device": "cpu"}], now=190.0)
-    assert frame.iloc[0]["since"] == "1 min 30 s ago"
-
-
 def test_process_count_control_only_with_several_gpus(with_runs: dict[str, Path],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     at = start("train")
     assert not [n for n in at.number_input if n.key == "train-nproc"]
-    from speedsign import ui
-
-    monkeypatch.setattr(ui, "gpu_count", lambda: 4)
+    monkeypatch.setattr(training, "gpu_count", lambda: 4)
     at.run()
     assert_clean(at)
     assert at.number_input(key="train-nproc").value == 4

@@ -17,13 +17,25 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from browser_support import (CHROMIUM, CHROMIUM_ARGS, VIEWPORT, assert_clean, explain_failure, open_page,
-                             screenshot, streamlit_server, sync_playwright, wait_for_charts, wait_idle)
+from browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    VIEWPORT,
+    assert_clean,
+    explain_failure,
+    open_page,
+    screenshot,
+    streamlit_server,
+    sync_playwright,
+    wait_for_charts,
+    wait_idle,
+)
 
 # (file name, URL path, a heading the page shows)
 PAGES = (("home", "", "Speed-limit signs, three ways"), ("dataset", "dataset", "Dataset"),

@@ -9,11 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speedsign.compare import (FRAME_COLUMNS, Comparison, best_runs, compare_runs, comparison_frame,
-                               measure_latency, winner_sentence)
+from speedsign.compare import (
+    FRAME_COLUMNS,
+    Comparison,
+    best_runs,
+    compare_runs,
+    comparison_frame,
+    measure_latency,
+    winner_sentence,
+)
 from speedsign.metrics import wilson_interval
 from speedsign.predict import Predictor
-from speedsign.runs import inspect_run, read_json, write_status
+from speedsign.runs import inspect_run, write_status
+from speedsign.storage import read_json
 
 APPROACHES = ("finetune", "frozen", "scratch")
 RESNET18_PARAMS_9_CLASSES = 11_181_129  # 11,176,512 before fc + 512 * 9 + 9
