@@ -59,8 +59,8 @@ def input_sizes(ctx: Context) -> list[dict[str, Any]]:
             config = resolve_config(approach=approach, preset="fast", overrides=config_overrides(
                 approach, ctx.backbone, n_train=len(index.samples("train")), img_size=size,
                 epochs=opts.size_epochs))
-            fitted = train_fast(index, config, device=ctx.device, backbone=ctx.backbone_for(approach))
-            train_s = sum(r["seconds"] for r in fitted.records)
+            fitted = train_fast(index, config, device=ctx.device, work=ctx.work / f"size-{size}-{approach}")
+            train_s = fitted.train_s
             ips = [r["images_per_s"] for r in fitted.records]
             row = {
                 "approach": approach, "img_size": size, "epochs": len(fitted.records),
@@ -69,8 +69,8 @@ def input_sizes(ctx: Context) -> list[dict[str, Any]]:
                 "final_val_acc": round(fitted.records[-1]["val_acc"], 4) if fitted.records else None,
                 "seconds_per_epoch": round(train_s / max(1, len(fitted.records)), 3),
                 "train_images_per_s": round(sum(ips) / len(ips), 1) if ips else None,
-                "decode_s": round(fitted.decode_s, 2), "features_s": round(fitted.features_s, 2),
-                "total_s": round(fitted.decode_s + fitted.features_s + fitted.fit_s, 2),
+                # decode (cached), frozen's features, checkpoints and predictions: the job less its epochs
+                "setup_s": round(fitted.total_s - train_s, 2), "total_s": round(fitted.total_s, 2),
                 "preset_size": resolve_config(approach=approach, preset="fast",
                                               overrides=config_overrides(approach, ctx.backbone)).img_size == size,
             }

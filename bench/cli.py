@@ -17,15 +17,15 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from bench import accuracy, fastruns, frozen, latency, report, throughput
-from bench.context import Context
+from bench.context import APPROACHES, FULL, QUICK, SECTIONS, Context, Options
 from bench.machine import load_average, machine_info
-from bench.options import APPROACHES, FULL, QUICK, SECTIONS, Options
 from bench.workspace import REPO, resolve_backbone, resolve_data
 from speedsign.errors import UserError
 from speedsign.train import pick_device
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small data subset and tiny budgets (< 5 min on 2 cores)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write all results as JSON")
-    p.add_argument("--data", type=Path, help="data folder (default: ../shared/data/gtsrb-speed32, else generated signs)")
+    p.add_argument("--data", type=Path,
+                   help="data folder (default: ../shared/data/gtsrb-speed32, else generated signs)")
     p.add_argument("--weights", help="backbone for finetune/frozen: a file or run:ID "
                                      "(default: $SPEEDSIGN_BENCH_WEIGHTS, cached ImageNet, else random init)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive(int), help="torch threads (default: torch's)")
     p.add_argument("--seed", type=_count)
     g = p.add_argument_group("data")
-    g.add_argument("--subset-tracks", type=_count, help="use only N whole tracks (GTSRB: 30 frames of one sign) per class (0 = all)")
+    g.add_argument("--subset-tracks", type=_count,
+                   help="use only N whole tracks (GTSRB: 30 frames of one sign) per class (0 = all)")
     g.add_argument("--synth-per-class", type=_positive(int), help="images per class when signs are generated")
     g = p.add_argument_group("1. training throughput")
     g.add_argument("--rounds", type=_positive(int), help="alternating rounds per comparison (medians)")
@@ -230,7 +232,7 @@ def _run(options: Options, *, command: str, device: torch.device, work: Path, st
         started_at = ctx.begin(name)
         try:
             return measure()
-        except Exception as error:  # noqa: BLE001 (reported in the results and the exit code)
+        except Exception as error:  # any failure: reported in the results and the exit code
             errors[name] = f"{type(error).__name__}: {error}"
             ctx.log(f"{name}: FAILED: {errors[name]}\n{traceback.format_exc()}")
             return None

@@ -26,6 +26,9 @@ import numpy as np
 
 from bench.context import Context
 from bench.workspace import REPO, config_overrides
+from speedsign.errors import UserError
+from speedsign.evaluation import read_predictions
+from speedsign.runs import RunDir, read_metrics
 
 POLL_SECONDS = 0.1
 
@@ -44,10 +47,10 @@ def child_command(ctx: Context, approach: str, runs_dir: Path) -> list[str]:
 
 
 def child_env(ctx: Context, cache: Path | None = None) -> dict[str, str]:
+    """The children run in the repository (cwd=REPO), so `-m speedsign` is this checkout's."""
     env = dict(os.environ)
     if cache is not None:
         env["SPEEDSIGN_CACHE"] = str(cache)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if ctx.options.threads:
         env["OMP_NUM_THREADS"] = str(ctx.options.threads)
     return env
@@ -83,7 +86,7 @@ def run_child(ctx: Context, approach: str) -> dict[str, Any]:
     result = json.loads(stdout[-1])
     peak_mb, method = read_peak(peak_file)
     run_dir = Path(result["run_dir"])
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows, _ = read_metrics(run_dir)
     curve = []
     train_clock = 0.0
     for i, row in enumerate(rows):
@@ -107,7 +110,7 @@ def run_child(ctx: Context, approach: str) -> dict[str, Any]:
 
 def _stamp(runs_dir: Path, arrivals: list[float], seen_sizes: dict[Path, int], now: float) -> None:
     """Record when each new metrics.jsonl line appeared (one run folder per runs_dir)."""
-    for path in runs_dir.glob("*/metrics.jsonl"):
+    for path in runs_dir.glob(f"*/{RunDir.METRICS}"):
         try:
             size = path.stat().st_size
             if seen_sizes.get(path) == size:  # unchanged: no need to read it again
@@ -121,16 +124,16 @@ def _stamp(runs_dir: Path, arrivals: list[float], seen_sizes: dict[Path, int], n
 
 
 def accuracy_on(run_dir: Path, files: list[str]) -> float | None:
-    """Accuracy of the run's best model on the given val files (from predictions_val.npz)."""
+    """Accuracy of the run's best model on the given val files (from its val predictions)."""
     try:
-        data = np.load(run_dir / "predictions_val.npz")
-    except OSError:
+        saved = read_predictions(RunDir(run_dir).predictions)
+    except UserError:
         return None
     wanted = set(files)
-    keep = np.array([str(name) in wanted for name in data["files"]])
+    keep = np.array([name in wanted for name in saved.files])
     if not keep.any():
         return None
-    return float((data["probs"][keep].argmax(1) == data["labels"][keep]).mean())
+    return float((saved.probs[keep].argmax(1) == saved.labels[keep]).mean())
 
 
 def import_baseline_mb(ctx: Context) -> float:

@@ -1,11 +1,11 @@
 """2. Frozen features: 25 epochs of head training, backbone run every epoch vs cached features.
 
 Same model, data, optimizer and schedule (the frozen `fast` preset), both through speedsign's
-own `fit`:
+own `train_one_epoch` and `evaluate`, epoch after epoch as the training job runs them:
 
-- live: `fit` on the decoded uint8 images: the backbone (in eval(), frozen) runs on every
-  train and val image in every epoch, only `fc` learns;
-- cached: `compute_features` once (saved to disk as the runner does), then `fit` on the
+- live: on the decoded uint8 images: the backbone (in eval(), frozen) runs on every train and
+  val image in every epoch, only `fc` learns;
+- cached: `compute_features` once (saved to disk as the job does), then the epochs on the
   512-d features. Its time includes building the cache.
 
 The decoding of the images is common to both and not timed. A subset of the images keeps the
@@ -22,11 +22,36 @@ import torch
 from bench.context import Context
 from bench.timing import median, ratio, synchronize
 from bench.workspace import config_overrides, decoded_splits, subset_index
-from speedsign.config import resolve_config
+from speedsign.config import TrainConfig, resolve_config
 from speedsign.data import select_splits
-from speedsign.models import build_model
-from speedsign.runs import atomic_torch_save
-from speedsign.train import FitInputs, compute_features, fit
+from speedsign.models import build_model, set_train_mode, trainable_parameters
+from speedsign.storage import atomic_torch_save
+from speedsign.train import (
+    build_optimizer,
+    build_scheduler,
+    compute_features,
+    epoch_generator,
+    evaluate,
+    train_one_epoch,
+)
+
+
+def train_head(model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+               *, config: TrainConfig, features: bool, device: torch.device) -> float:
+    """config.epochs of the frozen approach (only `fc` learns); returns the best val accuracy."""
+    module = model.fc if features else model
+    optimizer = build_optimizer(trainable_parameters(module), config)
+    scheduler, per_step = build_scheduler(optimizer, config, steps_per_epoch=max(1, len(train[1]) // config.batch_size))
+    best = 0.0
+    for epoch in range(1, config.epochs + 1):
+        set_train_mode(model, approach=config.approach)
+        train_one_epoch(module, *train, config=config, features=features, optimizer=optimizer, scheduler=scheduler,
+                        per_step=per_step, order=epoch_generator(config, epoch, device=torch.device("cpu")),
+                        generator=epoch_generator(config, epoch, device=device, salt=1), device=device)
+        if not per_step:
+            scheduler.step()
+        best = max(best, evaluate(module, *val, config=config, features=features, device=device)[1])
+    return best
 
 
 def measure(ctx: Context) -> dict[str, Any]:
@@ -45,13 +70,14 @@ def measure(ctx: Context) -> dict[str, Any]:
         return build_model(config, num_classes=len(index.classes), backbone=backbone)
 
     def live() -> tuple[float, float]:
-        model = fresh_model()
-        inputs = FitInputs(train.images, train.labels, val.images, val.labels, features=False).to(ctx.device)
-        synchronize(ctx.device)
+        model = fresh_model().to(ctx.device).to(memory_format=torch.channels_last)
+        device = ctx.device
+        synchronize(device)
         started = time.perf_counter()
-        state = fit(model, inputs, config=config, device=ctx.device)
-        synchronize(ctx.device)
-        return time.perf_counter() - started, state.best_val_acc
+        best = train_head(model, (train.images.to(device), train.labels.to(device)),
+                          (val.images.to(device), val.labels.to(device)), config=config, features=False, device=device)
+        synchronize(device)
+        return time.perf_counter() - started, best
 
     def cached(round_: int) -> tuple[float, float, float]:
         model = fresh_model().to(ctx.device)  # compute_features expects the model on the device
@@ -61,11 +87,11 @@ def measure(ctx: Context) -> dict[str, Any]:
         features = compute_features(model, images, config=config, device=ctx.device)
         atomic_torch_save(features, ctx.work / f"features-{round_}.pt")
         cache_s = time.perf_counter() - started
-        n = len(train)
-        inputs = FitInputs(features[:n], train.labels, features[n:], val.labels, features=True).to(ctx.device)
-        state = fit(model, inputs, config=config, device=ctx.device)
-        synchronize(ctx.device)
-        return time.perf_counter() - started, cache_s, state.best_val_acc
+        n, device = len(train), ctx.device
+        best = train_head(model, (features[:n].to(device), train.labels.to(device)),
+                          (features[n:].to(device), val.labels.to(device)), config=config, features=True, device=device)
+        synchronize(device)
+        return time.perf_counter() - started, cache_s, best
 
     live_s: list[float] = []
     cached_s: list[float] = []

@@ -22,7 +22,8 @@ from bench.workspace import config_overrides
 from speedsign.config import resolve_config
 from speedsign.models import build_model, checkpoint_payload
 from speedsign.predict import Predictor
-from speedsign.runs import atomic_torch_save
+from speedsign.runs import RunDir
+from speedsign.storage import atomic_torch_save
 
 
 def jpeg_bytes(ctx: Context) -> bytes:
@@ -40,7 +41,7 @@ def checkpoint_run(ctx: Context, approach: str) -> Path:
     config = resolve_config(approach=approach, preset="fast", overrides=config_overrides(approach, ctx.backbone))
     model = build_model(config, num_classes=len(ctx.data.index.classes), backbone=ctx.backbone_for(approach))
     run_dir = ctx.work / "latency-runs" / approach
-    atomic_torch_save(checkpoint_payload(model, config=config, classes=ctx.data.index.classes), run_dir / "best.pt")
+    atomic_torch_save(checkpoint_payload(model, config=config, classes=ctx.data.index.classes), RunDir(run_dir).best)
     return run_dir
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from bench.machine import describe_machine
 
@@ -30,8 +31,8 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, markdown: b
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
 
 
@@ -59,7 +60,8 @@ def throughput_table(results: dict[str, Any], *, markdown: bool) -> str | None:
     if achieved:
         parts = []
         for approach, values in achieved:
-            text = f"{approach}: tutorial {values['tutorial']['tflops']:.3g}, fast {values['fast']['tflops']:.3g} TFLOP/s"
+            text = (f"{approach}: tutorial {values['tutorial']['tflops']:.3g}, "
+                    f"fast {values['fast']['tflops']:.3g} TFLOP/s")
             if "fraction_of_bf16_peak" in values["fast"]:
                 text += (f" ({100 * values['tutorial']['fraction_of_bf16_peak']:.2f}% / "
                          f"{100 * values['fast']['fraction_of_bf16_peak']:.2f}% of bf16 peak)")
@@ -76,7 +78,8 @@ def frozen_text(results: dict[str, Any]) -> str | None:
             f"{f['img_size']} px: backbone every epoch {f['live_median_s']:.2f} s, cached features "
             f"{f['cached_median_s']:.2f} s (building the cache: {min(f['cache_build_s']):.2f}-"
             f"{max(f['cache_build_s']):.2f} s, included) -> **{f['speedup']:.1f}x** "
-            f"(median of {len(f['live_s'])} rounds; best val acc live {f['best_val_acc'].get('live', float('nan')):.4f}, "
+            f"(median of {len(f['live_s'])} rounds; "
+            f"best val acc live {f['best_val_acc'].get('live', float('nan')):.4f}, "
             f"cached {f['best_val_acc'].get('cached', float('nan')):.4f})")
 
 
@@ -117,8 +120,9 @@ def latency_table(results: dict[str, Any], *, markdown: bool) -> str | None:
     one = lat.get("one_thread")
     rows = []
     for a, v in lat["per_model"].items():
+        single = one["per_model"][a] if one else None
         rows.append([a, v["img_size"], _fmt(v["p50"], ".2f"), _fmt(v["p95"], ".2f")]
-                    + ([_fmt(one["per_model"][a]["p50"], ".2f"), _fmt(one["per_model"][a]["p95"], ".2f")] if one else []))
+                    + ([_fmt(single["p50"], ".2f"), _fmt(single["p95"], ".2f")] if single is not None else []))
     rows.append(["all three, one after another", "-", _fmt(lat["all"]["p50"], ".2f"), _fmt(lat["all"]["p95"], ".2f")]
                 + ([_fmt(one["all"]["p50"], ".2f"), _fmt(one["all"]["p95"], ".2f")] if one else []))
     headers = ["model", "input px", "p50 ms", "p95 ms"]
@@ -374,7 +378,7 @@ def _pillow_plot(frame: Any, path: Path) -> bool:
     draw.text((width - margin - 60, height - margin + 10), f"{x_max:.0f} s", fill="black")
     for i, (run, rows) in enumerate(frame.groupby("run", sort=False)):
         color = colors[i % len(colors)]
-        points = [xy(s, a) for s, a in zip(rows["seconds"], rows["val_acc"])]
+        points = [xy(s, a) for s, a in zip(rows["seconds"], rows["val_acc"], strict=True)]
         if len(points) > 1:
             draw.line(points, fill=color, width=2)
         for x, y in points:

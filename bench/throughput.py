@@ -29,8 +29,14 @@ from bench.workspace import config_overrides, decoded_splits, tutorial_folder
 from speedsign.config import TrainConfig, resolve_config
 from speedsign.data import select_splits
 from speedsign.models import build_model, set_train_mode, trainable_parameters
-from speedsign.train import resolve_precision, build_optimizer, build_scheduler, compute_features, epoch_generator, train_one_epoch
-from speedsign.augment import prepare_batch
+from speedsign.train import (
+    build_optimizer,
+    build_scheduler,
+    compute_features,
+    epoch_generator,
+    resolve_precision,
+    train_one_epoch,
+)
 
 
 class FastSide:
@@ -47,7 +53,7 @@ class FastSide:
                                  backbone=ctx.backbone_for(approach)).to(self.device)
         self.features = approach == "frozen"
         if not self.features:
-            self.model.to(memory_format=torch.channels_last)  # as fit() does
+            self.model.to(memory_format=torch.channels_last)  # as the training job does
         self.module = self.model.fc if self.features else self.model
         self.optimizer = build_optimizer(trainable_parameters(self.module), self.config)
         n_train = int(labels.shape[0])
@@ -75,21 +81,13 @@ class FastSide:
         generator = epoch_generator(self.config, self.epoch, device=self.device, salt=1)
         synchronize(self.device)
         started = time.perf_counter()
+        inputs = images
         if self.features:
             inputs = compute_features(self.model, images, config=self.config, device=self.device).to(self.device)
-            prepare = lambda batch, _generator: batch  # noqa: E731
-        else:
-            inputs = images
-            channels_last = True
-
-            def prepare(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-                return prepare_batch(batch, config=self.config, train=True, generator=gen,
-                                     channels_last=channels_last)
         set_train_mode(self.model, approach=self.approach)
         _, _, seen = train_one_epoch(
-            self.module, inputs, labels, prepare=prepare, optimizer=self.optimizer, scheduler=self.scheduler,
-            per_step=self.per_step, batch_size=self.config.batch_size,
-            label_smoothing=self.config.label_smoothing, order=order, generator=generator, device=self.device,
+            self.module, inputs, labels, config=self.config, features=self.features, optimizer=self.optimizer,
+            scheduler=self.scheduler, per_step=self.per_step, order=order, generator=generator, device=self.device,
             precision=resolve_precision("auto", self.device))  # what `speedsign train` uses
         synchronize(self.device)
         return seen / (time.perf_counter() - started)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class Stopwatch:
         self._total = 0.0
         self._since: float | None = None
 
-    def start(self) -> "Stopwatch":
+    def start(self) -> Stopwatch:
         if self._since is None:
             self._since = time.perf_counter()
         return self

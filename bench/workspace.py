@@ -8,20 +8,22 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torchvision
 
 from speedsign.config import TrainConfig
-from speedsign.data import DatasetIndex, Sample, load_decoded, scan_dataset, select_splits
+from speedsign.data import DatasetIndex, Sample, load_decoded, scan_dataset
 from speedsign.errors import UserError
-from speedsign.models import build_model, imagenet_weights_path, load_weights_file
-from speedsign.runs import atomic_torch_save
-from speedsign.train import resolve_precision, EpochRecord, FitHooks, FitInputs, FitState, compute_features, fit
+from speedsign.job import TrainRequest, train_run
+from speedsign.models import imagenet_weights_path, load_weights_file
+from speedsign.runs import RunDir, read_metrics
+from speedsign.storage import default_runs_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "gtsrb-speed32"
@@ -140,8 +142,7 @@ def resolve_backbone(spec: str | None, *, work: Path) -> Backbone:
         return Backbone(path=path, source="imagenet (torchvision IMAGENET1K_V1)", pretrained=True)
     if spec is not None:
         if spec.startswith("run:"):
-            runs_dir = Path(os.environ.get("SPEEDSIGN_RUNS", "runs"))
-            path = runs_dir / spec[4:] / "best.pt"
+            path = RunDir(default_runs_dir() / spec[4:]).best
         else:
             path = Path(os.path.expanduser(spec))
         load_weights_file(path)  # fail now, with speedsign's message, not in a child process
@@ -199,22 +200,20 @@ def sample_files(samples: Sequence[Sample], *, limit: int | None, seed: int) -> 
 
 # ---------------------------------------------------------------- in-process fast training
 
-@dataclass
+@dataclass(frozen=True)
 class FastFit:
-    """One in-process training with the library's own pieces, timed by phase."""
+    """One run of the product's own training job, in this process."""
 
     config: TrainConfig
-    decode_s: float
-    features_s: float
-    fit_s: float
+    total_s: float  # the whole job: decode (cached), features for frozen, epochs, checkpoints
     records: list[dict[str, Any]]
-    state: FitState
+    best_val_acc: float
     n_train: int
     n_val: int
 
     @property
-    def best_val_acc(self) -> float:
-        return float(self.state.best_val_acc)
+    def train_s(self) -> float:
+        return sum(float(r["seconds"]) for r in self.records)
 
 
 def decoded_splits(index: DatasetIndex, config: TrainConfig) -> tuple[dict[str, Any], float]:
@@ -223,35 +222,34 @@ def decoded_splits(index: DatasetIndex, config: TrainConfig) -> tuple[dict[str, 
     return decoded, time.perf_counter() - started
 
 
-def train_fast(index: DatasetIndex, config: TrainConfig, *, device: torch.device,
-               backbone: dict[str, torch.Tensor] | None, features_path: Path | None = None,
-               on_epoch: Callable[[EpochRecord], None] | None = None) -> FastFit:
-    """decode (speedsign's cache) -> backbone features for frozen -> `fit`, as the runner does."""
-    torch.manual_seed(config.seed)
-    model = build_model(config, num_classes=len(index.classes), backbone=backbone)
-    decoded, decode_s = decoded_splits(index, config)
-    values, features_s = decoded["images"], 0.0
-    use_features = config.approach == "frozen"
-    if use_features:
-        started = time.perf_counter()
-        model.to(device)  # compute_features expects the model on the device
-        values = compute_features(model, decoded["images"], config=config, device=device)
-        if features_path is not None:
-            atomic_torch_save(values, features_path)
-        features_s = time.perf_counter() - started
-    splits = select_splits(index, decoded, values)
-    inputs = FitInputs(splits["train"].images, splits["train"].labels, splits["val"].images,
-                       splits["val"].labels, use_features).to(device)
-    records: list[dict[str, Any]] = []
+def split_folder(index: DatasetIndex, out: Path) -> Path:
+    """`out/{train,val}/<class>/` holding exactly `index`'s split, as hard links (or copies).
 
-    def on_epoch_end(record: EpochRecord, state: FitState, is_best: bool, snapshot: Any) -> None:
-        records.append(record.to_dict())
-        if on_epoch is not None:
-            on_epoch(record)
+    The job then trains on that split as given; not symlinks, which speedsign does not follow
+    out of a data folder.
+    """
+    shutil.rmtree(out, ignore_errors=True)
+    for split in ("train", "val"):
+        for sample in index.samples(split):
+            target = out / split / index.classes[sample.label] / Path(sample.path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(index.root / sample.path, target)
+            except OSError:
+                shutil.copy2(index.root / sample.path, target)
+    return out
 
+
+def train_fast(index: DatasetIndex, config: TrainConfig, *, device: torch.device, work: Path) -> FastFit:
+    """`speedsign train` itself (job.train_run) on `index`'s exact train/val split."""
+    folder = split_folder(index, work / f"split-{index.fingerprint}")
+    request = TrainRequest(config=config, data_dir=folder, runs_dir=work / "fast-runs", device=device.type,
+                           force=True)
     started = time.perf_counter()
-    state = fit(model, inputs, config=config, device=device, hooks=FitHooks(on_epoch_end=on_epoch_end),
-                precision=resolve_precision("auto", device))
-    return FastFit(config=config, decode_s=decode_s, features_s=features_s,
-                   fit_s=time.perf_counter() - started, records=records, state=state,
-                   n_train=len(splits["train"]), n_val=len(splits["val"]))
+    result = train_run(request)
+    total_s = time.perf_counter() - started
+    if result.state != "done":
+        raise UserError(f"the benchmark's {config.approach} training ended {result.state}: {result.error}")
+    records, _ = read_metrics(result.run_dir)
+    return FastFit(config=config, total_s=total_s, records=records, best_val_acc=float(result.best_val_acc or 0.0),
+                   n_train=len(index.samples("train")), n_val=len(index.samples("val")))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench import cli, report, tutorial
-from bench.options import FULL, QUICK
+from bench.context import FULL, QUICK
 from bench.workspace import copy_track_subset, subset_index, tutorial_folder
 from speedsign.data import scan_dataset
 
