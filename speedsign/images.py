@@ -16,25 +16,28 @@ import io
 import os
 import re
 import stat
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Importing the plugins we accept registers them with Pillow now, at import time (which
 # Python serialises), instead of lazily inside `Image.open` from 20 threads at once.
 from PIL import (  # noqa: F401  (imported for their registration side effect)
     BmpImagePlugin,
     GifImagePlugin,
+    Image,
+    ImageOps,
     JpegImagePlugin,
     MpoImagePlugin,
     PngImagePlugin,
     PpmImagePlugin,
     TiffImagePlugin,
+    UnidentifiedImageError,
     WebPImagePlugin,
 )
 
+from speedsign.config import RESIZES
 from speedsign.errors import UserError
 
 MAX_FILE_BYTES: int = 64 * 1024**2
@@ -46,9 +49,8 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"
 # MPO (multi-picture JPEG, from some cameras) has no opener of its own: Pillow's JPEG opener
 # returns it, and `Image.open(formats=[..., "MPO"])` raises KeyError.
 _OPEN_FORMATS: tuple[str, ...] = tuple(name for name in ACCEPTED_FORMATS if name != "MPO")
-RESIZES: tuple[str, ...] = ("square", "tutorial")
 
-ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+ImageSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -176,7 +178,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _open_file(path: str | os.PathLike) -> BinaryIO:
     try:
-        return open(path, "rb")  # noqa: SIM115  (closed by the caller's `with`)
+        return open(path, "rb")  # closed by the caller's `with`
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except IsADirectoryError:
@@ -208,7 +210,7 @@ def _open_lazily(file: BinaryIO, *, max_pixels: int) -> Image.Image:
     # where a caller's warning filter says so). Same answer as our own check.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(_bomb_message(str(error), max_pixels=max_pixels)) from None
-    except Exception as error:  # noqa: BLE001  (any parser failure on bad bytes)
+    except Exception as error:  # any parser failure on bad bytes
         raise ImageError(f"not an image Pillow can read ({_reason(error)})") from None
 
 
@@ -221,7 +223,7 @@ def _load_pixels(image: Image.Image, *, target_size: int | None) -> None:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(_bomb_message(str(error), max_pixels=None)) from None
-    except Exception as error:  # noqa: BLE001  (decoder failures on bad bytes)
+    except Exception as error:  # decoder failures on bad bytes
         # Pillow says "image file is truncated" for a cut file; we never set
         # LOAD_TRUNCATED_IMAGES, which would return the missing part as grey pixels.
         if "truncated" in str(error).lower():
@@ -233,7 +235,7 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     """The image as a viewer shows it: phones store pixels sideways plus an EXIF rotation."""
     try:
         return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001
+    except Exception:
         # Broken EXIF metadata does not make the pixels wrong; use them as stored.
         return image.copy()
 

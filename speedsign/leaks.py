@@ -9,7 +9,7 @@ hashes find them in a second for ten thousand images.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -121,7 +121,7 @@ def find_leaks(index: DatasetIndex, *, max_distance: int = 4, size: int = 32,
         nearest, distance = nearest_hashes(val_hashes[val_rows], train_hashes[train_rows])
         close = np.flatnonzero(distance <= max_distance)
         matches = _count_within(val_hashes[val_rows[close]], train_hashes[train_rows], max_distance=max_distance)
-        for position, count in zip(close, matches):
+        for position, count in zip(close, matches, strict=True):
             v, t = val_rows[position], train_rows[nearest[position]]
             rows.append({"train_file": train.files[t], "val_file": val.files[v],
                          "distance": int(distance[position]), "matches": int(count),

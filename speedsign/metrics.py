@@ -10,7 +10,8 @@ table, where an empty bin has no accuracy to draw (NaN, with count 0).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -187,7 +188,7 @@ def evaluation_report(
                 "support": int(support),
             }
             for name, precision, recall, f1, support in zip(
-                names, scores["precision"], scores["recall"], scores["f1"], scores["support"]
+                names, scores["precision"], scores["recall"], scores["f1"], scores["support"], strict=True
             )
         },
         "confusion": confusion.tolist(),
@@ -195,7 +196,7 @@ def evaluation_report(
         "most_confused": [
             {"true": str(true), "predicted": str(predicted), "count": int(count)}
             for true, predicted, count in zip(
-                confused["true"], confused["predicted"], confused["count"]
+                confused["true"], confused["predicted"], confused["count"], strict=True
             )
         ],
     }

@@ -21,9 +21,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -300,7 +300,7 @@ def perspective_coeffs(
 ) -> tuple[float, ...]:
     """Coefficients for Image.transform(PERSPECTIVE) mapping output points `dst` to input `src`."""
     rows = []
-    for (x, y), (u, v) in zip(dst, src):
+    for (x, y), (u, v) in zip(dst, src, strict=True):
         rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
     return tuple(np.linalg.solve(np.array(rows), src.reshape(8)).tolist())

@@ -7,12 +7,12 @@ imports on two cores); one real subprocess checks exit codes and stderr end to e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,12 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, s
     return code, answer, captured.err
 
 
+def folder_snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    """Every file under `folder`: (modification time in ns, content digest), by relative path."""
+    return {str(path.relative_to(folder)): (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 def assert_usage_error(code: int, err: str, words: str) -> None:
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
@@ -76,11 +82,12 @@ def test_train_json_then_cached_then_force(approach: str, tiny_data: Path, weigh
     assert first["epochs_run"] == 1 and 0 <= first["best_val_acc"] <= 1
     assert first["run_id"].startswith(f"{approach}-") and Path(first["run_dir"]).name == first["run_id"]
 
-    started = time.perf_counter()
+    before = folder_snapshot(Path(first["run_dir"]))
     code, second, _ = run_cli(capsys, *argv)
     assert code == 0 and second["cached"] is True and second["run_id"] == first["run_id"]
     assert second["state"] == "done" and second["best_val_acc"] == first["best_val_acc"]
-    assert time.perf_counter() - started < 15  # no training: a scan and a hash
+    # No training, not even a restart of one: a scan and a hash, and the run folder untouched.
+    assert folder_snapshot(Path(first["run_dir"])) == before
 
     code, again, err = run_cli(capsys, *argv, "--force")
     assert code == 0 and again["cached"] is False and again["state"] == "done", err

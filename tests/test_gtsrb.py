@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import socket
+import threading
 import time
 import urllib.error
 import zipfile
@@ -224,12 +225,30 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path: Path) -> None:
     assert leftovers(tmp_path, out) == []
 
 
-def test_offline_without_source_fails_fast_with_instructions(tmp_path: Path) -> None:
-    started = time.perf_counter()
+def test_offline_without_source_fails_fast_with_instructions(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, the one quick probe fails and that is the answer: no download is tried."""
+    import torchvision.datasets
+
+    attempts: list[tuple[object, object]] = []
+
+    def unreachable(address: object, timeout: object = None, *args: object, **kwargs: object) -> None:
+        attempts.append((address, timeout))
+        raise OSError("[Errno 101] Network is unreachable")
+
+    def download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the download must not start when the probe failed")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(torchvision.datasets, "GTSRB", download)
     with pytest.raises(UserError) as caught:
         import_gtsrb(tmp_path / "out")
-    assert time.perf_counter() - started < 10
+    # One connection attempt, to the download host, under the probe's short timeout: the
+    # failure is reported at once, not after a download's 20 s socket timeout or retries.
+    assert attempts == [((gtsrb._DOWNLOAD_HOST, 443), gtsrb._PROBE_SECONDS)]
+    assert 2 * gtsrb._PROBE_SECONDS <= 10  # the probe's deadline: the most a stalled lookup can cost
     message = str(caught.value)
+    assert "Network is unreachable" in message  # the real reason, not a deadline
     assert message.startswith("could not download GTSRB (no internet?")
     assert "GTSRB_Final_Training_Images.zip" in message and "--source" in message
     assert "https://benchmark.ini.rub.de/gtsrb_dataset.html" in message
@@ -281,12 +300,36 @@ def test_download_then_import_torchvision_folder(tmp_path: Path, monkeypatch: py
 
 def test_probe_gives_up_on_a_stalled_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     """Name resolution ignores socket timeouts; the probe's own deadline still holds."""
+    release, gave_up = threading.Event(), threading.Event()
+
     def stall(*args: object, **kwargs: object) -> None:
-        time.sleep(3)
+        release.wait(60)  # a lookup that hangs until the test lets it go
+        gave_up.set()
+        raise OSError("stalled lookup gave up")
+
+    monkeypatch.setattr(socket, "create_connection", stall)
+    try:
+        with pytest.raises(TimeoutError, match="example.invalid did not answer"):
+            gtsrb._probe_host("example.invalid", 443, timeout=0.2)
+        assert not gave_up.is_set()  # the probe returned while the lookup was still stuck
+    finally:
+        release.set()
+
+
+@pytest.mark.slow
+def test_probe_deadline_is_about_twice_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall-clock side of the test above: 0.2 s of timeout waits 0.4 s, well under 2 s."""
+    release = threading.Event()
+
+    def stall(*args: object, **kwargs: object) -> None:
+        release.wait(60)
         raise OSError("stalled lookup gave up")
 
     monkeypatch.setattr(socket, "create_connection", stall)
     started = time.perf_counter()
-    with pytest.raises(TimeoutError):
-        gtsrb._probe_host("example.invalid", 443, timeout=0.2)
-    assert time.perf_counter() - started < 2
+    try:
+        with pytest.raises(TimeoutError):
+            gtsrb._probe_host("example.invalid", 443, timeout=0.2)
+        assert time.perf_counter() - started < 2
+    finally:
+        release.set()

@@ -12,8 +12,7 @@ from PIL import Image, ImageEnhance
 
 from speedsign import leaks
 from speedsign.data import scan_dataset
-from speedsign.leaks import (find_leaks, hamming_distances, nearest_hashes, perceptual_hashes, popcount,
-                             split_by_image)
+from speedsign.leaks import find_leaks, hamming_distances, nearest_hashes, perceptual_hashes, popcount, split_by_image
 
 
 def noise_image(seed: int, size: int = 32) -> np.ndarray:
@@ -103,15 +102,41 @@ def test_popcount_without_numpy_bitwise_count(monkeypatch):
     assert popcount(values).tolist() == expected
 
 
+def test_distances_ten_thousand_by_three_thousand_are_vectorised_in_bounded_chunks(monkeypatch):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2**63, 10_000, dtype=np.uint64)
+    b = rng.integers(0, 2**63, 3_000, dtype=np.uint64)
+    chunks: list[tuple[int, ...]] = []
+
+    def counting_popcount(values: np.ndarray) -> np.ndarray:
+        chunks.append(values.shape)
+        return popcount(values)
+
+    monkeypatch.setattr(leaks, "popcount", counting_popcount)
+    table = hamming_distances(a, b)
+    index, distance = nearest_hashes(a, b)
+    assert table.nbytes == 30_000_000  # one byte per pair
+    # Whole blocks of rows at once, never a Python loop over rows or pairs: 16 numpy calls per
+    # function for 30 million pairs, each within the CHUNK_CELLS bound on the xor temporaries.
+    rows_per_chunk = leaks.CHUNK_CELLS // b.size
+    assert len(chunks) == 2 * -(-a.size // rows_per_chunk) == 32
+    assert all(cols == b.size and rows * cols <= leaks.CHUNK_CELLS for rows, cols in chunks)
+    # And the numbers are right: spot checks against Python's popcount, and the nearest agrees.
+    for i, j in zip(rng.integers(0, a.size, 200), rng.integers(0, b.size, 200), strict=True):
+        assert table[i, j] == bin(int(a[i]) ^ int(b[j])).count("1")
+    np.testing.assert_array_equal(index, table.argmin(axis=1))
+    np.testing.assert_array_equal(distance, table.min(axis=1))
+
+
+@pytest.mark.slow
 def test_distances_ten_thousand_by_three_thousand_are_fast():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 2**63, 10_000, dtype=np.uint64)
     b = rng.integers(0, 2**63, 3_000, dtype=np.uint64)
     started = time.perf_counter()
-    table = hamming_distances(a, b)
+    hamming_distances(a, b)
     nearest_hashes(a, b)
-    assert time.perf_counter() - started < 2.0
-    assert table.nbytes == 30_000_000  # one byte per pair
+    assert time.perf_counter() - started < 5.0  # under 0.1 s on two cores; the docs promise "a second"
 
 
 # ---------------------------------------------------------------- find_leaks
@@ -119,7 +144,7 @@ def test_distances_ten_thousand_by_three_thousand_are_fast():
 def test_find_leaks_finds_copies_and_not_unrelated(leaky_dir):
     frame = find_leaks(scan_dataset(leaky_dir), max_distance=4)
     assert list(frame.columns[:3]) == ["train_file", "val_file", "distance"]
-    found = dict(zip(frame["val_file"], zip(frame["train_file"], frame["distance"])))
+    found = dict(zip(frame["val_file"], zip(frame["train_file"], frame["distance"], strict=True), strict=True))
     assert found["val/a/copy_of_a0.png"] == ("train/a/a0.png", 0)
     assert found["val/a/brighter_a3.png"][0] == "train/a/a3.png"
     assert found["val/a/brighter_a3.png"][1] <= 4
