@@ -324,21 +324,6 @@ def _decode_batches(root: Path, files: Sequence[str], *, size: int, resize: str,
             progress(done, len(files))
 
 
-def decode_files(root: Path, files: Sequence[str], *, size: int, resize: str,
-                 progress: Progress | None = None) -> tuple[torch.Tensor, tuple[str, ...], dict[str, str]]:
-    """Decode files into one uint8 tensor in memory; unreadable ones are skipped and reported."""
-    kept: list[str] = []
-    parts: list[np.ndarray] = []
-    bad: dict[str, str] = {}
-    for names, pixels, unreadable in _decode_batches(root, files, size=size, resize=resize, progress=progress):
-        if names:
-            kept += names
-            parts.append(pixels)
-        bad.update(unreadable)
-    images = torch.from_numpy(np.concatenate(parts)) if parts else torch.empty((0, 3, size, size), dtype=torch.uint8)
-    return images, tuple(kept), bad
-
-
 def decoded_cache_path(index: DatasetIndex, *, size: int, resize: str) -> Path:
     return cache_dir() / f"decoded-{index.fingerprint}-{size}-{resize}-v{DECODED_FORMAT}.u8"
 
@@ -417,10 +402,6 @@ def load_decoded(index: DatasetIndex, *, size: int, resize: str,
     if decoded is None:
         raise OSError(f"the decode cache {path} was removed or changed while it was being read")
     return decoded
-
-
-def decoded_bytes(index: DatasetIndex, *, size: int) -> int:
-    return sum(len(v) for v in index.splits.values()) * 3 * size * size
 
 
 def _take_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

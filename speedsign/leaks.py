@@ -8,7 +8,6 @@ hashes find them in a second for ten thousand images.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -128,20 +127,6 @@ def find_leaks(index: DatasetIndex, *, max_distance: int = 4, size: int = 32,
                          "same_class": bool(train_labels[t] == val_labels[v])})
     rows.sort(key=lambda row: (row["distance"], row["val_file"]))
     return _leak_frame(rows if limit is None else rows[:limit], total=len(rows), n_val=len(val))
-
-
-def split_by_image(index: DatasetIndex, *, seed: int = 0) -> DatasetIndex:
-    """The same train+val images split at random per image, val the same size as before.
-
-    For measuring what a per-image split (the tutorial's) would leak next to the group
-    split; not for training. The fingerprint is unchanged, so the decoded cache is shared.
-    """
-    samples = index.samples("train") + index.samples("val")
-    n_val = len(index.samples("val"))
-    order = np.random.default_rng(seed).permutation(len(samples))
-    val = tuple(samples[i] for i in sorted(order[:n_val]))
-    train = tuple(samples[i] for i in sorted(order[n_val:]))
-    return dataclasses.replace(index, splits={**index.splits, "train": train, "val": val})
 
 
 def _count_within(a: np.ndarray, b: np.ndarray, *, max_distance: int) -> np.ndarray:

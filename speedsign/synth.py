@@ -88,11 +88,6 @@ class FrameStyle:
     jpeg: int  # JPEG quality, 0 = no round trip
 
 
-def render_sign(class_name: str, *, rng: np.random.Generator, size: int = 64) -> Image.Image:
-    """One RGB `size` x `size` photo-like image of a sign of `class_name`."""
-    return render_track(class_name, rng=rng, size=size, n_frames=1)[0]
-
-
 def render_track(
     class_name: str, *, rng: np.random.Generator, size: int = 64, n_frames: int = 5
 ) -> list[Image.Image]:

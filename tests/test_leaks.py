@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -11,8 +12,19 @@ import torch
 from PIL import Image, ImageEnhance
 
 from speedsign import leaks
-from speedsign.data import scan_dataset
-from speedsign.leaks import find_leaks, hamming_distances, nearest_hashes, perceptual_hashes, popcount, split_by_image
+from speedsign.data import DatasetIndex, scan_dataset
+from speedsign.leaks import find_leaks, hamming_distances, nearest_hashes, perceptual_hashes, popcount
+
+
+def split_by_image(index: DatasetIndex, *, seed: int = 0) -> DatasetIndex:
+    """The same train+val images split at random per image (the tutorial's split), val the same size."""
+    samples = index.samples("train") + index.samples("val")
+    n_val = len(index.samples("val"))
+    order = np.random.default_rng(seed).permutation(len(samples))
+    val = tuple(samples[i] for i in sorted(order[:n_val]))
+    train = tuple(samples[i] for i in sorted(order[n_val:]))
+    return dataclasses.replace(index, splits={**index.splits, "train": train, "val": val})
+
 
 
 def noise_image(seed: int, size: int = 32) -> np.ndarray:
