@@ -88,7 +88,8 @@ class FastSide:
         _, _, seen = train_one_epoch(
             self.module, inputs, labels, config=self.config, features=self.features, optimizer=self.optimizer,
             scheduler=self.scheduler, per_step=self.per_step, order=order, generator=generator, device=self.device,
-            precision=resolve_precision("auto", self.device))  # what `speedsign train` uses
+            # what `speedsign train` uses
+            precision=resolve_precision("auto", self.device, img_size=self.config.img_size))
         synchronize(self.device)
         return seen / (time.perf_counter() - started)
 

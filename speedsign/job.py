@@ -185,6 +185,12 @@ def check_weights(request: TrainRequest) -> None:
     build_model(config, num_classes=2, backbone=resolve_weights(config.weights, runs_dir=request.runs_dir))
 
 
+def check_request(request: TrainRequest) -> None:
+    """Everything that refuses a request before a run folder exists: backbone, device, precision."""
+    check_weights(request)
+    resolve_precision(request.precision, pick_device(request.device), img_size=request.config.img_size)
+
+
 def write_run_config(plan: RunPlan, request: TrainRequest) -> None:
     """config.json: the recipe, the data, and how to run it (what a background job reads)."""
     atomic_write_json({
@@ -253,7 +259,7 @@ def train_run(request: TrainRequest) -> TrainResult:
     plan = plan_run(request)
     if not request.force and plan.folder.is_finished():
         return result_from_status(plan, cached=True)
-    check_weights(request)
+    check_request(request)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_lock(plan.run_dir) if ctx.is_main else None
     if lock is not None and not lock.acquire():
@@ -353,7 +359,7 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     inputs = load_inputs(plan, model, config=config, device=device, report=report)
 
     # Model, optimizer, schedule: the frozen approach trains the head alone.
-    precision = resolve_precision(request.precision, device)
+    precision = resolve_precision(request.precision, device, img_size=config.img_size)
     model.to(device)
     if not inputs.features:
         model.to(memory_format=torch.channels_last)

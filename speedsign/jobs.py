@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speedsign.errors import UserError
-from speedsign.job import TrainRequest, check_weights, device_key, plan_run, write_run_config
+from speedsign.job import TrainRequest, check_request, device_key, plan_run, write_run_config
 from speedsign.locks import is_locked
 from speedsign.runs import ACTIVE_STATES, RunDir, effective_state, iter_run_dirs, now_iso, pid_alive, read_status
 from speedsign.train import pick_device
@@ -120,7 +120,7 @@ def launch(request: TrainRequest, *, nproc: int = 1) -> Launch:
     state = effective_state(status)[0] if status.exists else ""
     if is_locked(plan.run_dir) or state in ACTIVE_STATES:
         return Launch(plan.run_id, plan.run_dir, state or "running", False, status.pid)
-    check_weights(request)  # a refused backbone is bad input, not a job that fails
+    check_request(request)  # a refused backbone or precision is bad input, not a job that fails
     device = pick_device(request.device)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     # config.json and the device now, not when the job starts: the run lists as a real run

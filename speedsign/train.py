@@ -151,17 +151,30 @@ def cpu_supports_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+# At this input side and below, ResNet18's last stage sees 1x1 maps. There the CPU's bf16
+# convolution returns garbage weight gradients for the taps that only touch padding
+# (measured: values of 1e9 to 1e28 in layer4.0.conv1 after one step, a NaN loss soon after;
+# fp32 and 24 px or more are exact).
+CPU_BF16_MIN_EXCLUSIVE_SIDE = 16
+
+
+def resolve_precision(name: str, device: torch.device, *, img_size: int) -> str:
     """auto: bf16 on CUDA and on CPUs with native bf16, else fp32.
 
     bf16 autocast keeps fp32 weights and BatchNorm; measured on this project's 2-core
     AVX512-BF16 CPU it trains ResNet18 1.55x faster at 48 and 64 px (docs/benchmarks.md).
+    On a CPU, inputs of 16 px or less train in fp32 (see CPU_BF16_MIN_EXCLUSIVE_SIDE), and
+    asking for bf16 there is refused rather than trained wrong.
     """
     if name not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
+    degenerate = device.type == "cpu" and img_size <= CPU_BF16_MIN_EXCLUSIVE_SIDE
+    if name == "bf16" and degenerate:
+        raise UserError(f"bf16 on a CPU computes wrong gradients at {img_size} px (the last stage sees 1x1 "
+                        f"maps): use --precision fp32, or an image size above {CPU_BF16_MIN_EXCLUSIVE_SIDE}")
     if name != "auto":
         return name
-    if device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16()):
+    if device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16() and not degenerate):
         return "bf16"
     return "fp32"
 

@@ -167,3 +167,37 @@ def test_epoch_record_rounds_for_json() -> None:
     record = EpochRecord(epoch=1, train_loss=1 / 3, train_acc=0.5, val_loss=0.25, val_acc=0.75, lr=0.1,
                          seconds=1.23456789, images_per_s=100.0)
     assert record.to_dict()["train_loss"] == 0.333333
+
+
+def test_auto_precision_is_fp32_where_cpu_bf16_gradients_are_wrong_and_bf16_there_is_refused() -> None:
+    from speedsign.errors import UserError
+    from speedsign.train import CPU_BF16_MIN_EXCLUSIVE_SIDE, resolve_precision
+
+    cpu = torch.device("cpu")
+    side = CPU_BF16_MIN_EXCLUSIVE_SIDE
+    assert resolve_precision("auto", cpu, img_size=side) == "fp32"
+    assert resolve_precision("fp32", cpu, img_size=side) == "fp32"
+    with pytest.raises(UserError, match="wrong gradients"):
+        resolve_precision("bf16", cpu, img_size=side)
+    assert resolve_precision("bf16", cpu, img_size=side + 8) == "bf16"
+
+
+def test_a_16_px_run_with_auto_precision_trains_finite_weights(synth_dir: Path, tmp_path: Path,
+                                                               one_thread: None) -> None:
+    # At 16 px, bf16 on an AVX512-BF16 CPU left values of 1e9-1e28 in layer4.0.conv1 after a step.
+    config = resolve_config(approach="scratch", overrides={"img_size": 16, "epochs": 2, "batch_size": 32})
+    result = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path, device="cpu"))
+    weights = torch.load(RunDir(result.run_dir).last, weights_only=True)["model"]
+    for name, value in weights.items():
+        if value.is_floating_point():
+            assert torch.isfinite(value).all() and value.abs().max() < 1e4, name
+
+
+def test_bf16_at_16_px_on_cpu_exits_2_before_any_run_folder(synth_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from speedsign import cli
+
+    code = cli.main(["train", "--approach", "scratch", "--data", str(synth_dir), "--img-size", "16",
+                     "--precision", "bf16", "--device", "cpu", "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2 and "wrong gradients" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
