@@ -11,6 +11,7 @@ lock, waits for the device and records the outcome in status.json.
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 import time
@@ -411,6 +412,11 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             scheduler.step()
         val_loss, val_acc, _ = evaluate(module, inputs.val, inputs.val_labels, config=config,
                                         features=inputs.features, device=device, ctx=ctx, precision=precision)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            # NaN or inf weights answer nothing: a failed run, not a finished one at chance.
+            loss = train_loss if not math.isfinite(train_loss) else val_loss
+            raise UserError(f"training diverged: the loss became {loss} in epoch {epoch}; "
+                            f"try a lower learning rate than {config.lr:g}")
         record = EpochRecord(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                              val_acc=val_acc, lr=lr, seconds=time.perf_counter() - epoch_started,
                              images_per_s=seen / max(train_seconds, 1e-9))

@@ -189,3 +189,15 @@ def test_a_run_in_progress_with_an_unreadable_status_is_reported_failed(
         result = train_run(request)
     assert result.state == "failed" and "status.json is damaged" in (result.error or "")
     assert not folder.metrics.exists()
+
+
+def test_a_diverged_training_fails_with_its_reason_instead_of_finishing_at_chance(
+        synth_dir: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from speedsign import job
+
+    epoch = job.train_one_epoch
+    monkeypatch.setattr(job, "train_one_epoch", lambda *a, **k: (float("nan"), *epoch(*a, **k)[1:]))
+    config = resolve_config(approach="scratch", overrides={"img_size": 16, "epochs": 2, "batch_size": 32})
+    result = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path, device="cpu"))
+    assert result.state == "failed" and "diverged" in (result.error or "")
+    assert inspect_run(result.run_dir).state == "failed"
