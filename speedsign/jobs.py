@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from speedsign.errors import UserError
 from speedsign.job import TrainRequest, check_request, device_key, plan_run, write_run_config
 from speedsign.locks import is_locked
-from speedsign.runs import ACTIVE_STATES, RunDir, effective_state, iter_run_dirs, now_iso, pid_alive, read_status
+from speedsign.runs import ACTIVE_STATES, RunDir, RunInfo, effective_state, list_runs, now_iso, pid_alive
 from speedsign.train import pick_device
 
 # ---------------------------------------------------------------- launch and cancel
@@ -96,16 +97,21 @@ def _is_speedsign_process(pid: int) -> bool:
         return sys.platform != "linux"
 
 
-def queue(runs_dir: Path) -> list[dict[str, object]]:
-    """Jobs waiting or training, oldest first: what the Train page shows as the queue."""
-    entries = []
-    for run_dir in iter_run_dirs(runs_dir):
-        status = read_status(run_dir)
-        state, _ = effective_state(status)
-        if state in ACTIVE_STATES:
-            entries.append({"run_id": run_dir.name, "state": state, "queued_at": status.queued_at or 0,
-                            "epoch": status.epoch, "device": status.device_key or ""})
+def queue_of(runs: Sequence[RunInfo]) -> list[dict[str, object]]:
+    """The queued and running runs among `runs`, running first, then first come first served.
+
+    From the caller's one read of the runs, so a page's queue shows the same state as its
+    job cards and runs table built from that read.
+    """
+    entries = [{"run_id": info.run_id, "state": info.state, "queued_at": info.status.queued_at or 0,
+                "epoch": info.epoch, "device": info.status.device_key or ""}
+               for info in runs if info.state in ACTIVE_STATES]
     return sorted(entries, key=lambda e: (e["state"] != "running", e["queued_at"]))
+
+
+def queue(runs_dir: Path) -> list[dict[str, object]]:
+    """Jobs waiting or training in a runs folder, oldest first (`queue_of` its runs)."""
+    return queue_of(list_runs(runs_dir))
 
 
 def launch(request: TrainRequest, *, nproc: int = 1) -> Launch:

@@ -186,9 +186,14 @@ def imagenet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
 
 
+# The reason alone: the dashboard finds it in a stored error and says what to do in its own
+# words (`run_views.page_error`); the advice below is for the command line.
+OFFLINE_REASON = ("ImageNet weights for ResNet18 are not on this machine and could not be downloaded "
+                  "(no internet?)")
+
+
 def _offline_message(path: Path) -> str:
-    return (f"ImageNet weights for ResNet18 are not on this machine and could not be downloaded "
-            f"(no internet?). Put {IMAGENET_URL} at {path} (torchvision's cache), or pass "
+    return (f"{OFFLINE_REASON}. Put {IMAGENET_URL} at {path} (torchvision's cache), or pass "
             f"--weights PATH to a ResNet18 state dict, or --weights run:ID to use an earlier run "
             f"(for example a backbone trained on other signs) as the backbone.")
 

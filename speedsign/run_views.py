@@ -7,6 +7,7 @@ imports Streamlit.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,12 +17,35 @@ from typing import Any
 import pandas as pd
 
 from speedsign.errors import UserError
-from speedsign.progress import format_seconds
+from speedsign.models import IMAGENET_URL, OFFLINE_REASON, imagenet_weights_path
+from speedsign.progress import MISSING, format_seconds, format_time, parse_time
 from speedsign.runs import ACTIVE_STATES, RunDir, RunInfo
 
 # The files whose change a page must see: a new epoch, a new state, a new best model.
 _WATCHED: tuple[str, ...] = (RunDir.STATUS, RunDir.CONFIG, RunDir.METRICS, RunDir.BEST)
-RUN_TABLE_COLUMNS: tuple[str, ...] = ("run", "approach", "state", "epoch", "best val acc", "created", "problem")
+RUN_TABLE_COLUMNS: tuple[str, ...] = ("run", "approach", "state", "epoch", "best val acc", "created", "ended",
+                                      "problem")
+ENDED_STATES: tuple[str, ...] = ("done", "failed", "cancelled")
+RECENT_SECONDS = 24 * 3600.0  # how long an ended job stays in the Train page's Jobs list
+RECENT_LIMIT = 10  # at most this many jobs listed (active ones are never left out)
+
+
+# ---------------------------------------------------------------- messages in the app's words
+
+def imagenet_offline_text() -> str:
+    """Why ImageNet weights cannot be used here and what to do, in the app's words (no CLI flags)."""
+    return (f"{OFFLINE_REASON}. finetune and frozen need a pretrained backbone: train scratch first (on this "
+            "data set, or on another one such as the other GTSRB signs), then choose its backbone under "
+            "\"Backbone weights\" on the Train page, or choose a weights file on the server. To use ImageNet "
+            f"here, put {IMAGENET_URL} at {imagenet_weights_path()}.")
+
+
+def page_error(text: str | None) -> str | None:
+    """A run's or launch's error as a page shows it. The offline-ImageNet message is written for
+    the command line (it says which flags to pass): a page says what to do in the app instead."""
+    if text and OFFLINE_REASON in text:
+        return imagenet_offline_text()
+    return text
 
 
 # ---------------------------------------------------------------- naming and choosing runs
@@ -80,16 +104,41 @@ def mtime_ns(path: Path) -> int:
         raise UserError(f"{path} is gone (the run folder was deleted or moved?)") from None
 
 
-def run_table(runs: Sequence[RunInfo]) -> pd.DataFrame:
-    """Every run as one row: id, approach, state, epochs, best val accuracy, and what is wrong."""
+def format_number(value: float | None, digits: int = 3) -> str:
+    """A metric for a table or card: "0.978", or "–" when there is none (never "None" or "nan")."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return MISSING
+    return f"{value:.{digits}f}"
+
+
+def ended_at(info: RunInfo) -> float | None:
+    """When a run stopped (seconds since the epoch), for done, failed and cancelled runs; else None.
+
+    A job that died wrote no `finished`: its last status write (`updated`, renewed by every
+    heartbeat) is when it stopped."""
+    if info.state not in ENDED_STATES:
+        return None
+    status = info.status
+    for value in (status.finished, status.updated, status.heartbeat, status.started, status.created):
+        moment = parse_time(value)
+        if moment is not None:
+            return moment
+    return None
+
+
+def run_table(runs: Sequence[RunInfo], *, now: float | None = None) -> pd.DataFrame:
+    """Every run as one row: id, approach, state, epochs, best val accuracy, times, and what is wrong.
+
+    Text cells only: a missing value is "–", a time is local and readable (`format_time`)."""
     rows = []
     for info in runs:
         rows.append({
             "run": info.run_id, "approach": info.approach, "state": info.state,
             "epoch": f"{info.epoch}/{info.epochs}" if info.epochs else str(info.epoch),
-            "best val acc": None if info.best_val_acc is None else round(info.best_val_acc, 4),
-            "created": info.status.created or "",
-            "problem": info.damaged or (info.error if info.state == "failed" else None) or "",
+            "best val acc": format_number(info.best_val_acc, 4),
+            "created": format_time(info.status.created, now=now),
+            "ended": format_time(ended_at(info), now=now) if info.state in ENDED_STATES else MISSING,
+            "problem": info.damaged or (page_error(info.error) if info.state == "failed" else None) or "",
         })
     return pd.DataFrame(rows, columns=list(RUN_TABLE_COLUMNS))
 
@@ -160,21 +209,84 @@ def job_view(info: RunInfo, rows: Sequence[Mapping[str, Any]]) -> JobView:
     return JobView(
         run_id=info.run_id, approach=info.approach, state=info.state, phase=status.phase or "", epoch=epoch,
         epochs=epochs, fraction=float(fraction), seconds_left=seconds_left, val_acc=val_acc,
-        best_val_acc=info.best_val_acc, images_per_s=ips, error=info.error or None, damaged=info.damaged,
+        best_val_acc=info.best_val_acc, images_per_s=ips, error=page_error(info.error) or None, damaged=info.damaged,
     )
 
 
 def queue_frame(entries: Sequence[Mapping[str, Any]], *, now: float | None = None) -> pd.DataFrame:
-    """jobs.queue() as a table: position, run, state, epoch, device, waiting or running for how long."""
+    """Queue entries as a table: position, run, state, epoch, device, waiting or running for how long."""
     now = time.time() if now is None else now
     rows = []
     for position, entry in enumerate(entries, start=1):
         since = entry.get("queued_at")
-        age = now - since if isinstance(since, (int, float)) and since > 0 else None
+        age = now - since if isinstance(since, (int, float)) and not isinstance(since, bool) and since > 0 else None
+        epoch = entry.get("epoch")
         rows.append({"#": position, "run": str(entry.get("run_id", "")), "state": str(entry.get("state", "")),
-                     "epoch": entry.get("epoch", 0), "device": str(entry.get("device", "")),
-                     "since": format_seconds(age) + " ago" if age is not None else ""})
+                     "epoch": str(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else MISSING,
+                     "device": str(entry.get("device") or MISSING),
+                     "since": format_seconds(age) + " ago" if age is not None else MISSING})
     return pd.DataFrame(rows, columns=["#", "run", "state", "epoch", "device", "since"])
+
+
+def recent_jobs(runs: Sequence[RunInfo], *, now: float | None = None, pinned: Sequence[str] = (),
+                max_age: float = RECENT_SECONDS, limit: int = RECENT_LIMIT) -> list[RunInfo]:
+    """The Train page's Jobs: every queued or running run, then runs that ended (done, failed,
+    cancelled) within `max_age` seconds, newest first, at most `limit` in all.
+
+    Read from the run store, not from a session: a job that failed stays listed after a reload,
+    whoever launched it (this tab, another, the command line). `pinned` run ids (launched from
+    this session) are listed whatever their age or state. Active runs are never left out."""
+    now = time.time() if now is None else now
+    wanted = set(pinned)
+    active = sorted((info for info in runs if is_active(info)),
+                    key=lambda i: (i.state != "running", i.status.queued_at or 0))
+    ended = []
+    for info in runs:
+        if is_active(info):
+            continue
+        moment = ended_at(info)
+        # A moment in the future (another machine's clock) counts as recent.
+        recent = moment is not None and now - moment <= max_age
+        if recent or info.run_id in wanted:
+            ended.append((moment or 0.0, info))
+    ended.sort(key=lambda pair: pair[0], reverse=True)
+    room = max(limit - len(active) - sum(info.run_id in wanted for _, info in ended), 0)
+    kept = []
+    for _, info in ended:
+        if info.run_id in wanted:
+            kept.append(info)
+        elif room > 0:
+            kept.append(info)
+            room -= 1
+    return active + kept
+
+
+def job_times(info: RunInfo, *, now: float | None = None) -> str:
+    """When a job was created, started and ended, for its card: "created 14:05 · ended 5 min ago"."""
+    status = info.status
+    parts = [f"created {format_time(status.created, now=now)}"]
+    if status.started:
+        parts.append(f"started {format_time(status.started, now=now)}")
+    moment = ended_at(info)
+    if moment is not None:
+        parts.append(f"ended {format_time(moment, now=now)}")
+    return " · ".join(parts)
+
+
+def newly_ended(runs: Sequence[RunInfo], watched: set[str], announced: set[str]) -> list[RunInfo]:
+    """Runs seen queued or running earlier (`watched`) that have ended since, each returned once.
+
+    Updates both sets in place: active runs join `watched`, returned runs join `announced`.
+    The page keeps the sets in its session, so a "done" message shows once, and only for a
+    job that finished while someone watched it."""
+    ended = []
+    for info in runs:
+        if is_active(info):
+            watched.add(info.run_id)
+        elif info.run_id in watched and info.run_id not in announced and info.state in ENDED_STATES:
+            announced.add(info.run_id)
+            ended.append(info)
+    return ended
 
 
 # ---------------------------------------------------------------- learning curves
@@ -200,3 +312,33 @@ def lr_frame(metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame
             for run, records in metrics.items() for r in records
             if isinstance(r.get("epoch"), int) and isinstance(r.get("lr"), (int, float))]
     return pd.DataFrame(rows, columns=["run", "epoch", "lr"])
+
+
+# Drawn unasked on the Learning curves page: a legend of 2 x 6 entries still reads.
+CURVES_DEFAULT_RUNS = 6
+
+
+def on_dataset(info: RunInfo, fingerprint: str | None) -> bool:
+    """Whether a run trained on the data set with this fingerprint (config.json's
+    data_fingerprint); every run counts when there is no current data set (None)."""
+    return fingerprint is None or info.config.get("data_fingerprint") == fingerprint
+
+
+def default_curve_runs(runs: Sequence[RunInfo], *, fingerprint: str | None,
+                       limit: int = CURVES_DEFAULT_RUNS) -> list[str]:
+    """The runs Learning curves draws before anyone chooses: the current data set's runs
+    training now, then its finished ones, newest first within each (`runs` comes newest
+    first), at most `limit`. Failed, cancelled and damaged runs, and runs of other data sets,
+    can be chosen but are not drawn unasked."""
+    mine = [info for info in runs if not info.damaged and on_dataset(info, fingerprint)]
+    active = [info.run_id for info in mine if is_active(info)]
+    done = [info.run_id for info in mine if info.state == "done"]
+    return (active + done)[:max(0, limit)]
+
+
+def failure_frame(runs: Sequence[RunInfo]) -> pd.DataFrame:
+    """The failed runs among `runs` and why, as a page says it (columns run, reason), each once,
+    in their order."""
+    failed = {info.run_id: page_error(info.error) or f"no reason recorded (see its {RunDir.LOG})"
+              for info in runs if info.state == "failed"}
+    return pd.DataFrame({"run": list(failed), "reason": list(failed.values())}, columns=["run", "reason"])

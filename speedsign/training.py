@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from speedsign.config import HAND_SET, Setting, TrainConfig, preset_values, resolve_config
+from speedsign.config import APPROACHES, HAND_SET, Setting, TrainConfig, preset_values, resolve_config
 from speedsign.errors import UserError
 from speedsign.job import TrainRequest
 from speedsign.models import check_imagenet_available, imagenet_weights_path
-from speedsign.run_views import is_usable
+from speedsign.run_views import format_number, is_usable, page_error
 from speedsign.runs import RunInfo
 
 FLOAT_STEP = 0.001
@@ -41,26 +41,84 @@ def imagenet_cached() -> bool:
 
 
 def imagenet_problem() -> str | None:
-    """Why a launch with ImageNet weights would be refused here (offline, not cached), or None."""
+    """Why a launch with ImageNet weights would be refused here (offline, not cached), in the
+    page's words (no command-line flags), or None when the weights are cached or downloadable."""
     try:
         check_imagenet_available()
     except UserError as error:
-        return str(error)
+        return page_error(str(error))
     return None
 
 
-def weights_options(runs: Iterable[RunInfo]) -> list[WeightsOption]:
-    """Backbone sources for finetune/frozen: ImageNet first when cached, finished runs, a file."""
+def usable_backbones(runs: Iterable[RunInfo]) -> list[RunInfo]:
+    """Finished runs whose model can be a backbone, best val accuracy first."""
+    usable = [info for info in runs if is_usable(info)]
+    return sorted(usable, key=lambda info: -1.0 if info.best_val_acc is None else info.best_val_acc, reverse=True)
+
+
+def weights_options(runs: Iterable[RunInfo], *, imagenet_ok: bool | None = None) -> list[WeightsOption]:
+    """Backbone sources for finetune/frozen: ImageNet first when it can be used, else the finished
+    runs (best first); then the other sources and a file.
+
+    imagenet_ok: whether ImageNet weights are cached or downloadable (`imagenet_problem() is None`);
+    None when not checked, where only a cached file counts."""
     cached = imagenet_cached()
-    imagenet = WeightsOption("ImageNet (torchvision)" + ("" if cached else " — not downloaded yet, needs internet"),
-                             "imagenet")
+    ok = cached if imagenet_ok is None else imagenet_ok
+    if cached:
+        note = ""
+    elif imagenet_ok is None:
+        note = " — not downloaded yet, needs internet"
+    elif imagenet_ok:
+        note = " — downloads on first use (45 MB)"
+    else:
+        note = " — not available: offline, and not on this machine"
+    imagenet = WeightsOption("ImageNet (torchvision)" + note, "imagenet")
     from_runs = [WeightsOption(f"backbone of run {info.run_id} ({info.approach}, val acc "
-                               f"{(info.best_val_acc or 0):.3f})", f"run:{info.run_id}")
-                 for info in runs if is_usable(info)]
+                               f"{format_number(info.best_val_acc)})", f"run:{info.run_id}")
+                 for info in usable_backbones(runs)]
     path = WeightsOption("a weights file on the server", "path")
-    if cached or not from_runs:
+    if ok or not from_runs:
         return [imagenet, *from_runs, path]
     return [*from_runs, imagenet, path]
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """What the Train page starts with: never a setup it knows fails."""
+
+    approaches: tuple[str, ...]
+    weights: str | None  # the backbone spec ("imagenet" or "run:ID"); None when none is usable
+    note: str | None  # why finetune and frozen are not selected, in plain words
+
+    def weights_index(self, options: Sequence[WeightsOption]) -> int:
+        """Position of the default backbone among `options` (0 when it is not there)."""
+        return next((i for i, option in enumerate(options) if option.spec == self.weights), 0)
+
+
+NO_BACKBONE_NOTE = ("finetune and frozen need a pretrained backbone. This machine is offline and has no "
+                    "ImageNet weights. Train scratch first (or on another data set, e.g. the other GTSRB "
+                    "signs), then choose its backbone here.")
+
+
+def train_defaults(runs: Iterable[RunInfo], *, imagenet_problem: str | None) -> TrainDefaults:
+    """ImageNet when it can be used, else the best finished run as the backbone; all three
+    approaches when there is a backbone, else scratch alone with a note saying why."""
+    if imagenet_problem is None:
+        return TrainDefaults(tuple(APPROACHES), "imagenet", None)
+    usable = usable_backbones(runs)
+    if usable:
+        return TrainDefaults(tuple(APPROACHES), f"run:{usable[0].run_id}", None)
+    return TrainDefaults(("scratch",), None, NO_BACKBONE_NOTE)
+
+
+def launch_blocker(approaches: Sequence[str], weights: str | None, *, imagenet_problem: str | None) -> str | None:
+    """Why Launch must stay off for this choice (a job known to fail), or None.
+
+    Today one case: finetune or frozen on ImageNet weights that are neither cached nor downloadable."""
+    needs_weights = any(approach != "scratch" for approach in approaches)
+    if needs_weights and weights == "imagenet" and imagenet_problem:
+        return imagenet_problem
+    return None
 
 
 # ---------------------------------------------------------------- hand-set settings

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from speedsign import training
-from speedsign.config import HAND_SET, SETTINGS, preset_values, resolve_config
+from speedsign import models, training
+from speedsign.config import APPROACHES, HAND_SET, SETTINGS, preset_values, resolve_config
 from speedsign.errors import UserError
 from speedsign.runs import RunDir, RunInfo, RunStatus
 
@@ -54,12 +54,12 @@ def test_build_requests_refusals_name_the_approach(tmp_path: Path) -> None:
                                 overrides={"scratch": {"batch_size": 0}})
 
 
-def finished(run_id: str, *, tmp_path: Path) -> RunInfo:
+def finished(run_id: str, *, tmp_path: Path, best: float | None = 0.9) -> RunInfo:
     run_dir = tmp_path / run_id
     run_dir.mkdir()
     RunDir(run_dir).best.write_bytes(b"stand-in")
     return RunInfo(run_id=run_id, run_dir=run_dir, approach="scratch", state="done", epoch=2, epochs=2,
-                   best_val_acc=0.9, damaged=None, config={}, status=RunStatus(state="done", exists=True))
+                   best_val_acc=best, damaged=None, config={}, status=RunStatus(state="done", exists=True))
 
 
 def test_weights_options_put_imagenet_first_only_when_cached(tmp_path: Path,
@@ -71,3 +71,51 @@ def test_weights_options_put_imagenet_first_only_when_cached(tmp_path: Path,
     assert "needs internet" in training.weights_options([])[0].label
     monkeypatch.setattr(training, "imagenet_cached", lambda: True)
     assert [o.spec for o in training.weights_options(runs)] == ["imagenet", "run:scratch-20990101-one", "path"]
+
+
+def test_weights_options_put_usable_runs_first_when_imagenet_cannot_be_used(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "imagenet_cached", lambda: False)
+    runs = [finished("scratch-20990101-low", tmp_path=tmp_path, best=0.5),
+            finished("scratch-20990101-high", tmp_path=tmp_path, best=0.9),
+            finished("scratch-20990101-none", tmp_path=tmp_path, best=None)]
+    options = training.weights_options(runs, imagenet_ok=False)
+    assert [o.spec for o in options] == ["run:scratch-20990101-high", "run:scratch-20990101-low",
+                                         "run:scratch-20990101-none", "imagenet", "path"]
+    assert "not available" in options[3].label and "val acc –" in options[2].label
+    online = training.weights_options(runs, imagenet_ok=True)
+    assert online[0].spec == "imagenet" and "downloads" in online[0].label
+
+
+def test_defaults_never_start_from_a_setup_known_to_fail(tmp_path: Path) -> None:
+    problem = "ImageNet weights are not here"
+    runs = [finished("scratch-20990101-low", tmp_path=tmp_path, best=0.5),
+            finished("scratch-20990101-high", tmp_path=tmp_path, best=0.9)]
+    online = training.train_defaults(runs, imagenet_problem=None)
+    assert online.approaches == APPROACHES and online.weights == "imagenet" and online.note is None
+    with_run = training.train_defaults(runs, imagenet_problem=problem)
+    assert with_run.approaches == APPROACHES and with_run.weights == "run:scratch-20990101-high"
+    options = training.weights_options(runs, imagenet_ok=False)
+    assert options[with_run.weights_index(options)].spec == "run:scratch-20990101-high"
+    nothing = training.train_defaults([], imagenet_problem=problem)
+    assert nothing.approaches == ("scratch",) and nothing.weights is None
+    assert nothing.note and "finetune and frozen need a pretrained backbone" in nothing.note
+    assert "--" not in nothing.note  # no command-line flags on a page
+    assert nothing.weights_index(training.weights_options([], imagenet_ok=False)) == 0
+
+
+def test_launch_is_blocked_only_for_a_backbone_known_to_fail() -> None:
+    problem = "offline"
+    assert training.launch_blocker(["finetune", "scratch"], "imagenet", imagenet_problem=problem) == problem
+    assert training.launch_blocker(["scratch"], None, imagenet_problem=problem) is None
+    assert training.launch_blocker(["frozen"], "run:scratch-20990101-one", imagenet_problem=problem) is None
+    assert training.launch_blocker(["frozen"], "imagenet", imagenet_problem=None) is None
+
+
+def test_imagenet_problem_offline_speaks_the_apps_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(models, "_can_reach", lambda host, timeout=5.0: False)
+    problem = training.imagenet_problem()
+    assert problem and models.OFFLINE_REASON in problem and "--weights" not in problem
+    monkeypatch.setattr(models, "_can_reach", lambda host, timeout=5.0: True)
+    assert training.imagenet_problem() is None
