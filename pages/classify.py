@@ -18,8 +18,15 @@ def photo_bytes(upload: Any, camera: Any) -> bytes | None:
     return source.getvalue() if source is not None else None
 
 
+def trained_on(info: RunInfo) -> None:
+    """What the model learnt from: a warning line when only synthetic signs."""
+    data = classify.training_data(info)
+    st.caption((":material/warning: " if data.synthetic else "") + ui.md(data.description))
+
+
 def answer_card(info: RunInfo, photo: Any, *, saliency: bool, key: str) -> None:
-    """One model's answer: predicted sign, top-3 bars, latency, and where it looked."""
+    """One model's answer: predicted sign (large only when the model is sure), top-3 bars,
+    latency, what it was trained on, and where it looked."""
     st.markdown(f"**{ui.md(info.approach)}**")
     st.caption(ui.md(info.run_id))
     try:
@@ -28,10 +35,22 @@ def answer_card(info: RunInfo, photo: Any, *, saliency: bool, key: str) -> None:
     except UserError as error:
         st.error(ui.md(error))
         return
-    st.metric("Prediction", ui.md(answer.label), help=f"top-1 probability {answer.probs[0]:.1%}")
+    if not answer.finite:
+        st.warning("No answer: this model's output is not a number (its training diverged). "
+                   "Retrain it, for example with a lower learning rate.")
+        trained_on(info)
+        return
+    if answer.confident:
+        st.metric("Prediction", ui.md(answer.label), help=f"top-1 probability {answer.top_prob:.1%}")
+    else:  # normal type: a guess must not look like an answer
+        st.markdown(f"Best guess: {ui.md(answer.label)} ({answer.top_prob:.0%})")
+        st.warning(f"Low confidence (under {classify.CONFIDENT_PROB:.0%}): the model is unsure; "
+                   "try framing the sign tighter.")
+        st.caption(f"Top {len(answer.labels)}: " + ui.md(answer.top_text))
     st.plotly_chart(plots.topk_bars(answer.labels, answer.probs), key=f"{key}-top")
     st.caption(f"{answer.milliseconds:.1f} ms (resize + forward, CPU)" if model.device.type == "cpu"
                else f"{answer.milliseconds:.1f} ms")
+    trained_on(info)
     if saliency:
         try:
             overlay, informative = classify.saliency_overlay(model, answer)

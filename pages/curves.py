@@ -6,11 +6,17 @@ from typing import Any
 import streamlit as st
 
 from speedsign import plots, run_views, ui
-from speedsign.runs import RunDir
+from speedsign.runs import RunInfo
+
+# Failed runs listed by name in the page's one error box; beyond, a count.
+LISTED_FAILURES = 5
 
 
 def readable_series(run_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """The chosen runs' epochs, saying on the page why a run has none (gone, failed, not started)."""
+    """The chosen runs' epochs, saying on the page why a run has none (gone, not started).
+
+    Why a run failed is not said here (this redraws every few seconds): `failure_note` says it
+    once, above the charts."""
     current = {info.run_id: info for info in ui.list_runs()}
     series: dict[str, list[dict[str, Any]]] = {}
     for run_id in run_ids:
@@ -21,13 +27,12 @@ def readable_series(run_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         rows, problem = ui.metrics(info)
         if problem:
             st.warning(ui.md(f"{info.run_id}: {problem}; the readable epochs are shown."))
-        if info.state == "failed":
-            reason = info.error or f"see its {RunDir.LOG}"
-            st.error(ui.md(f"{info.run_id} failed: {reason}"))
         if not rows:
             if run_views.is_active(info):
                 phase = info.status.phase or info.state
                 st.info(ui.md(f"{info.run_id} is {info.state} ({phase}): its first epoch is not finished yet."))
+            else:
+                st.caption(ui.md(f"{info.run_id} ({info.state}) finished no epoch: it has no curve."))
             continue
         series[info.run_id] = rows  # the id starts with the approach
     return series
@@ -37,14 +42,10 @@ def draw_curves(run_ids: Sequence[str]) -> bool:
     """Loss, accuracy and learning rate of the runs; whether any of them is still training."""
     series = readable_series(run_ids)
     if series:
-        # Full width, one under the other: run ids make long legends, which would squeeze
-        # two side-by-side plots.
-        frame = run_views.curves_frame(series)
-        st.plotly_chart(plots.learning_curves(frame, value="loss"), key="curve-loss")
-        st.plotly_chart(plots.learning_curves(frame, value="acc"), key="curve-acc")
-        lr = run_views.lr_frame(series)
-        if not lr.empty:
-            st.plotly_chart(plots.lr_curve(lr), key="curve-lr")
+        # One figure, three panels on one epoch axis: they line up whatever their legends and
+        # tick labels, and run ids make long legends (full width, one panel under the other).
+        figure = plots.training_curves(run_views.curves_frame(series), run_views.lr_frame(series))
+        st.plotly_chart(figure, key="curves")
     runs = {info.run_id: info for info in ui.list_runs()}
     return any(run_id in runs and run_views.is_active(runs[run_id]) for run_id in run_ids)
 
@@ -54,6 +55,28 @@ def live_curves(run_ids: Sequence[str]) -> None:
     """The curves, redrawn every few seconds while a chosen run trains."""
     if draw_curves(run_ids):
         st.caption(f"Updating every {ui.POLL_SECONDS:.0f} s while a job trains.")
+    else:
+        st.rerun()  # the last job ended: the whole page again, with its failure note and choices
+
+
+def failure_note(failed: Sequence[RunInfo]) -> None:
+    """Why runs failed, once on the page: one error box, one line per run."""
+    frame = run_views.failure_frame(failed)
+    if frame.empty:
+        return
+    lines = [f"- {ui.md(run)}: {ui.md(reason)}" for run, reason in frame.head(LISTED_FAILURES).itertuples(index=False)]
+    if len(frame) > LISTED_FAILURES:
+        lines.append(f"- and {len(frame) - LISTED_FAILURES} more (the Train page lists every run)")
+    head = "1 run failed:" if len(frame) == 1 else f"{len(frame)} runs failed:"
+    after = ("Once the cause is fixed, launching the same settings again on the Train page resumes a run "
+             "from its last finished epoch.")
+    st.error(head + "\n" + "\n".join(lines) + "\n\n" + after, icon=":material/error:")
+
+
+def choice_label(info: RunInfo, fingerprint: str | None) -> str:
+    """The picker's name of a run, saying when it trained on another data set."""
+    label = run_views.run_label(info)
+    return label if run_views.on_dataset(info, fingerprint) else label + " · other data set"
 
 
 ui.through_router()
@@ -65,11 +88,23 @@ if not runs:
     st.info("No runs yet. Launch training on the Train page: curves draw here epoch by epoch while it runs.")
     ui.goto("pages/train.py", "Go to Train", ":material/model_training:")
     st.stop()
-labels = {info.run_id: run_views.run_label(info) for info in runs}
-chosen = st.multiselect("Runs", list(labels), default=list(labels)[:6], format_func=labels.get, key="curve-runs")
+index = ui.current_index()
+fingerprint = index.fingerprint if index is not None else None
+labels = {info.run_id: choice_label(info, fingerprint) for info in runs}
+default = run_views.default_curve_runs(runs, fingerprint=fingerprint)
+chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get, key="curve-runs",
+                        help="Drawn unasked: this data set's finished runs and those training now, newest first. "
+                             "Failed and cancelled runs, and runs of other data sets, can be chosen too.")
 ui.damaged_note(runs)
+# The failures of this data set, and of any run chosen from another one.
+failure_note([info for info in runs if info.run_id in chosen or run_views.on_dataset(info, fingerprint)])
 if not chosen:
-    st.caption("Choose one or more runs.")
+    if default:
+        st.caption("Choose one or more runs.")
+    else:
+        st.caption("No finished or running run on this data set yet: choose runs above, or launch one on the "
+                   "Train page.")
+        ui.goto("pages/train.py", "Go to Train", ":material/model_training:")
 elif any(run_views.is_active(info) for info in runs if info.run_id in chosen):
     live_curves(chosen)
 else:

@@ -3,11 +3,22 @@
 import streamlit as st
 
 from speedsign import datasets, run_views, ui
-from speedsign.compare import best_runs, compare_runs, comparison_frame, measure_latency, winner_sentence
+from speedsign.compare import (
+    FRAME_COLUMNS,
+    FRAME_LABELS,
+    best_runs,
+    compare_runs,
+    comparison_frame,
+    measure_latency,
+    winner_sentence,
+)
 from speedsign.config import APPROACHES
 from speedsign.data import DatasetIndex
 from speedsign.errors import UserError
 from speedsign.storage import default_runs_dir
+
+# Mostly the same for every run on one data set, and said in the winner sentence ("on 2,760 val images").
+HIDDEN_COLUMNS = ("val images",)
 
 
 @st.cache_data(max_entries=64, show_spinner="Measuring single-image latency…")
@@ -45,7 +56,11 @@ def comparison(index: DatasetIndex) -> None:
             measured[info.run_id] = timing["p50"]
             tails.append(f"{approach} {timing['p95']:.1f} ms")
     rows = compare_runs(best, latency=measured)
-    st.dataframe(comparison_frame(rows), hide_index=True)
+    # Short headers (their meaning on hover), and the val size said in the sentence below
+    # instead of a column: every column fits 1280 px wide without scrolling.
+    columns = {name: st.column_config.Column(label, help=meaning) for name, (label, meaning) in FRAME_LABELS.items()}
+    st.dataframe(comparison_frame(rows), hide_index=True, width="stretch", column_config=columns,
+                 column_order=[name for name in FRAME_COLUMNS if name not in HIDDEN_COLUMNS])
     st.markdown(ui.md(winner_sentence(rows)))
     if tails:
         st.caption("Single-image latency (decode, resize, forward on this machine) p95: " + ui.md(", ".join(tails)))

@@ -207,6 +207,24 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "epochs", "input (px)", "model size (MB)", "trainable (M)", "latency p50 (ms)",
 )
 
+# The table's headers on screen, with what each column means: the frame's own names carry
+# the units in words, and twelve such headers need 1,160 px, more than the page has at
+# 1280 px wide (about 820 px beside the sidebar). Short headers as narrow as the numbers fit.
+FRAME_LABELS: dict[str, tuple[str, str]] = {
+    "approach": ("approach", "finetune: every layer trains; frozen: only a new fc; scratch: random init"),
+    "run": ("run", "the run id (its folder under runs/)"),
+    "val accuracy (%)": ("val acc %", "share of the val images the best model gets right"),
+    "95% CI (%)": ("95% CI", "Wilson 95% interval of the val accuracy, in %: overlapping intervals, no clear lead"),
+    "val images": ("val n", "val images the accuracy is measured on"),
+    "training time (s)": ("train s", "wall time of the whole run, in seconds"),
+    "images/s": ("img/s", "training images per second (median over epochs)"),
+    "epochs": ("epochs", "epochs trained"),
+    "input (px)": ("px", "input side in pixels"),
+    "model size (MB)": ("MB", "size of the weights in MB"),
+    "trainable (M)": ("train M", "trainable parameters, millions (frozen trains only its fc)"),
+    "latency p50 (ms)": ("p50 ms", "median time of one photo end to end (decode, resize, forward), ms"),
+}
+
 
 def comparison_frame(rows: Sequence[Comparison]) -> pd.DataFrame:
     """The comparison table: one row per approach, rounded, units in the column names.

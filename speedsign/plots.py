@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 _PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
 _SPLIT_DASH = {"val": "solid", "train": "dash"}
@@ -70,6 +71,59 @@ def lr_curve(metrics: pd.DataFrame) -> go.Figure:
         ))
     figure.update_layout(xaxis_title="epoch", yaxis_title="learning rate")
     return _tidy(figure)
+
+
+def training_curves(curves: pd.DataFrame, lr: pd.DataFrame | None = None) -> go.Figure:
+    """Loss, accuracy and learning rate per epoch in one figure, stacked on one shared epoch axis.
+
+    One figure, not three: the panels then have the same width, left margin and epoch range
+    whatever their tick labels and legends, and zooming one zooms all. `curves` is the long
+    format of `learning_curves` (run, epoch, split, loss, acc); `lr` has run, epoch, lr (the
+    panel is left out when it is None or empty). One colour per run across the panels, solid
+    for val, dashed for train; one legend entry per run and split, and clicking it hides that
+    run in every panel.
+    """
+    _require_columns(curves, ("run", "epoch", "split", "loss", "acc"), what="curves")
+    has_lr = lr is not None and not lr.empty
+    if has_lr:
+        _require_columns(lr, ("run", "epoch", "lr"), what="lr")
+    panels = ["loss", "acc"] + (["lr"] if has_lr else [])
+    titles = {"loss": "loss", "acc": "accuracy", "lr": "learning rate"}
+    figure = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.07)
+    runs = pd.concat([curves["run"], lr["run"]]) if has_lr else curves["run"]
+    shown: set[str] = set()
+    for run, color in _run_colors(runs).items():
+        group = _escape(run)
+        for row, value in enumerate(panels, start=1):
+            frame, splits = (lr, (None,)) if value == "lr" else (curves, ("train", "val"))
+            for split in splits:
+                rows = frame[frame["run"] == run]
+                if split is not None:
+                    rows = rows[rows["split"] == split]
+                if rows.empty:
+                    continue
+                rows = rows.sort_values("epoch", kind="stable")
+                name = group if split is None else f"{group} {split}"
+                # The loss panel carries the legend; a run with only lr values gets its entry there.
+                show = value == "loss" or (value == "lr" and group not in shown)
+                if show:
+                    shown.add(group)
+                figure.add_trace(go.Scatter(
+                    x=rows["epoch"].tolist(), y=rows[value].tolist(), mode="lines+markers",
+                    name=name, legendgroup=group, showlegend=show,
+                    line={"color": color, "dash": _SPLIT_DASH[split or "val"]},
+                    hovertemplate=f"epoch %{{x}}<br>{titles[value]} %{{y:.4g}}",  # the name shows beside it
+                ), row=row, col=1)
+    for row, value in enumerate(panels, start=1):
+        figure.update_yaxes(title_text=titles[value], row=row, col=1)
+    figure.update_yaxes(range=_ACCURACY_RANGE, row=panels.index("acc") + 1, col=1)
+    figure.update_xaxes(title_text="epoch", row=len(panels), col=1)
+    epochs = pd.concat([curves["epoch"], lr["epoch"]]) if has_lr else curves["epoch"]
+    if not epochs.empty and epochs.max() - epochs.min() <= 15:
+        figure.update_xaxes(dtick=1)  # whole epochs, not 1.5
+    figure.update_layout(height=230 * len(panels) + 90, legend_title_text="run, split",
+                         margin={"l": 70, "r": 20, "t": 30, "b": 50})
+    return figure
 
 
 def accuracy_vs_time(metrics: pd.DataFrame) -> go.Figure:

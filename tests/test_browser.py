@@ -115,16 +115,27 @@ def a_sign(dataset: Path) -> Path:
 # ---------------------------------------------------------------- helpers
 
 def answer_cards(page: Any) -> Any:
-    """The innermost columns holding one model's answer (a "Prediction" metric)."""
+    """The innermost columns holding one model's answer (every card ends with what its model was
+    trained on, whether the model is sure or not)."""
     return page.locator('[data-testid="stColumn"]').filter(
-        has=page.locator('[data-testid="stMetric"]', has_text="Prediction")).filter(
+        has=page.locator('[data-testid="stCaptionContainer"]', has_text="Trained on")).filter(
         has_not=page.locator('[data-testid="stColumn"]'))
+
+
+def card_label(card: Any) -> str:
+    """A card's predicted class: the large "Prediction" metric when its model is sure, else the
+    best guess in plain type."""
+    metric = card.locator('[data-testid="stMetricValue"]')
+    if metric.count():
+        return metric.inner_text().strip()
+    guess = card.get_by_text(re.compile(r"^Best guess: ")).inner_text().strip()
+    return re.fullmatch(r"Best guess: (.+) \(\d+%\)", guess).group(1)
 
 
 def wait_for_answers(page: Any, count: int) -> None:
     page.wait_for_function(
-        "n => [...document.querySelectorAll('[data-testid=\"stMetric\"]')]"
-        ".filter(m => m.innerText.includes('Prediction')).length >= n", arg=count, timeout=WAIT_MS)
+        "n => [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')]"
+        ".filter(c => c.innerText.includes('Trained on')).length >= n", arg=count, timeout=WAIT_MS)
     wait_idle(page, timeout_ms=WAIT_MS)
     wait_for_charts(page)
 
@@ -139,7 +150,7 @@ def assert_every_model_answers(page: Any, runs: dict[str, Path], classes: set[st
         assert len(matching) == 1, (run_dir.name, texts)
         card = cards.nth(matching[0])
         assert card.locator("strong", has_text=approach).count() >= 1, texts[matching[0]]
-        label = card.locator('[data-testid="stMetricValue"]').inner_text().strip()
+        label = card_label(card)
         assert label in classes, (approach, label)
         bars = card.locator('[data-testid="stPlotlyChart"] .bartext, [data-testid="stPlotlyChart"] text.bartext')
         percentages = [bars.nth(i).text_content() or "" for i in range(bars.count())]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,45 @@ def test_answer_of_a_real_model(runs_with_results: dict[str, Path], synth_dir: P
     assert list(answer.probs) == sorted(answer.probs, reverse=True)
     overlay, informative = classify.saliency_overlay(predictor, answer)
     assert overlay.dtype == np.uint8 and overlay.ndim == 3 and isinstance(informative, bool)
+
+
+def an_answer(probs: tuple[float, ...]) -> classify.Answer:
+    import torch
+
+    labels = tuple(f"speed_{i}0" for i in range(2, 2 + len(probs)))
+    return classify.Answer("scratch-x", "scratch", labels, probs, 1.0, torch.zeros((3, 4, 4), dtype=torch.uint8))
+
+
+def test_an_answer_is_sure_from_half_up_and_never_when_not_a_number() -> None:
+    assert classify.CONFIDENT_PROB == 0.5
+    assert an_answer((0.5, 0.3, 0.2)).confident
+    unsure = an_answer((0.28, 0.25, 0.2))
+    assert not unsure.confident and unsure.finite and unsure.top_prob == 0.28
+    assert unsure.top_text == "speed_20 28%, speed_30 25%, speed_40 20%"
+    broken = an_answer((float("nan"), float("nan"), float("nan")))
+    assert not broken.finite and not broken.confident  # NaN >= 0.5 is False, NaN < 0.5 too
+
+
+def run_on(data_dir: object) -> RunInfo:
+    config = {} if data_dir is None else {"data_dir": str(data_dir)}
+    return dataclasses.replace(run("scratch-1", "scratch", 0.5), config=config)
+
+
+def test_what_a_model_was_trained_on(synth_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "synth").symlink_to(synth_dir, target_is_directory=True)
+    synthetic = classify.training_data(run_on(synth_dir), data_root=root)
+    assert synthetic == classify.TrainingData("synth", True)  # named as the sidebar names it
+    assert synthetic.description == ("Trained on synthetic signs only (data set synth): "
+                                     "real photos may be read wrongly.")
+    real = root / "photos"
+    (real / "train" / "speed_30").mkdir(parents=True)
+    assert classify.training_data(run_on(real), data_root=root) == classify.TrainingData("photos", False)
+    assert classify.training_data(run_on(real), data_root=root).description == "Trained on data set photos."
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert classify.training_data(run_on(elsewhere), data_root=root).name == str(elsewhere)
+    gone = classify.training_data(run_on(tmp_path / "deleted"), data_root=root)
+    assert gone.synthetic is None and "folder is gone" in gone.description
+    assert classify.training_data(run_on(None), data_root=root).description == "Training data not recorded."

@@ -197,3 +197,12 @@ def test_measure_latency_end_to_end(runs_with_results, synth_dir):
     assert 0 < timing["p50"] <= timing["p95"] and timing["mean"] > 0
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(predictor, image, repeats=0)
+
+
+def test_frame_labels_are_short_and_say_what_each_column_means():
+    from speedsign.compare import FRAME_LABELS
+
+    assert list(FRAME_LABELS) == list(FRAME_COLUMNS)  # every column, in order
+    labels = [label for label, _ in FRAME_LABELS.values()]
+    assert len(set(labels)) == len(labels) and max(map(len, labels)) <= 9, labels
+    assert all(len(meaning) > len(label) for label, meaning in FRAME_LABELS.values())

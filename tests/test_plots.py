@@ -186,3 +186,37 @@ def test_every_figure_escapes_names_in_json():
     # The JSON plotly.js receives holds the escaped name, wherever the name appears.
     figure = plots.confusion_heatmap(np.eye(4, dtype=int), class_names=CLASSES)
     assert EVIL_ESCAPED in all_strings(json.loads(figure.to_json()))
+
+
+def test_training_curves_are_one_figure_of_panels_on_one_epoch_axis():
+    lr = pd.DataFrame({"run": ["scratch-1", "scratch-1", EVIL, "lr-only"], "epoch": [2, 1, 1, 1],
+                       "lr": [0.01, 0.1, 0.5, 0.2]})
+    figure = plots.training_curves(metrics_frame(), lr)
+    layout = figure.layout
+    assert [layout.yaxis.title.text, layout.yaxis2.title.text, layout.yaxis3.title.text] == \
+        ["loss", "accuracy", "learning rate"]
+    # One x axis for the three panels (same range and width), titled once at the bottom.
+    assert layout.xaxis.matches == "x3" and layout.xaxis2.matches == "x3"
+    assert layout.xaxis.domain == layout.xaxis2.domain == layout.xaxis3.domain
+    assert layout.xaxis3.title.text == "epoch" and not layout.xaxis.title.text
+    assert list(layout.yaxis2.range) == [0.0, 1.02] and layout.xaxis.dtick == 1
+    by_panel = {axis: [t for t in figure.data if t.yaxis == axis] for axis in ("y", "y2", "y3")}
+    assert [t.name for t in by_panel["y"]] == ["scratch-1 train", "scratch-1 val", f"{EVIL_ESCAPED} train",
+                                               f"{EVIL_ESCAPED} val"]
+    assert list(by_panel["y3"][0].x) == [1, 2] and list(by_panel["y3"][0].y) == [0.1, 0.01]
+    # A legend entry per run and split, from the loss panel; a run known only by its lr gets one.
+    legend = [t.name for t in figure.data if t.showlegend is not False]
+    assert legend == [t.name for t in by_panel["y"]] + ["lr-only"]
+    colours = {t.legendgroup: {u.line.color for u in figure.data if u.legendgroup == t.legendgroup}
+               for t in figure.data}
+    assert all(len(c) == 1 for c in colours.values()) and len({c.pop() for c in colours.values()}) == 3
+    assert_no_raw_html(figure)
+
+
+def test_training_curves_without_learning_rates_have_two_panels():
+    figure = plots.training_curves(metrics_frame(), pd.DataFrame(columns=["run", "epoch", "lr"]))
+    assert {t.yaxis for t in figure.data} == {"y", "y2"} and "yaxis3" not in figure.layout
+    assert figure.layout.xaxis2.title.text == "epoch"
+    assert len(plots.training_curves(pd.DataFrame(columns=["run", "epoch", "split", "loss", "acc"])).data) == 0
+    with pytest.raises(ValueError, match="lacks column"):
+        plots.training_curves(metrics_frame(), pd.DataFrame({"run": ["a"], "epoch": [1]}))
