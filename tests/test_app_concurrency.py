@@ -24,7 +24,7 @@ from speedsign.config import resolve_config
 from speedsign.job import TrainRequest
 from speedsign.runs import effective_state, read_status
 
-from test_app_pages import answers  # how the Classify page shows an answer, sure or not
+from app_support import answers  # how the Classify page shows an answer, sure or not
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 SESSIONS = 5

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import socket
 import time
@@ -25,9 +24,9 @@ from streamlit.testing.v1 import AppTest
 from speedsign import datasets, evaluation, training
 from speedsign.runs import inspect_run
 
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+from app_support import answers, plain, start, texts
+
 PAGES = ("home", "dataset", "train", "curves", "evaluation", "classify")
-TIMEOUT = 60
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -84,22 +83,6 @@ def fake_job(runs_dir: Path, source_run: Path, *, state: str = "running", run_id
     return run_dir
 
 
-def start(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
-    if page is not None and page != "home":
-        at.switch_page(f"pages/{page}.py").run()
-    return at
-
-
-def plain(text: object) -> str:
-    """Page text as a reader sees it: names from disk are markdown-escaped (\\. for .)."""
-    return re.sub(r"\\(.)", r"\1", str(text))
-
-
-def texts(at: AppTest, kind: str) -> list[str]:
-    return [plain(element.value) for element in getattr(at, kind)]
-
-
 def everything(at: AppTest) -> str:
     kinds = ("title", "header", "subheader", "markdown", "caption", "info", "success", "warning", "error", "metric")
     parts = []
@@ -133,15 +116,6 @@ def curve_panels(at: AppTest) -> list[str]:
     (chart,) = plotly_charts(at)
     layout = json.loads(chart.proto.spec)["layout"]
     return [layout[name]["title"]["text"] for name in sorted(layout) if name.startswith("yaxis")]
-
-
-def answers(at: AppTest) -> list[str]:
-    """Every model's answer on Classify: a Prediction metric when it is sure, else a best guess in
-    plain type (or a no-answer warning when its output is not a number)."""
-    sure = [plain(m.value) for m in at.metric if m.label == "Prediction"]
-    unsure = [text for text in texts(at, "markdown") if text.startswith("Best guess: ")]
-    broken = [text for text in texts(at, "warning") if text.startswith("No answer: ")]
-    return sure + unsure + broken
 
 
 # ---------------------------------------------------------------- first start and empty states

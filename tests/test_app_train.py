@@ -28,8 +28,8 @@ from speedsign.jobs import Launch
 from speedsign.models import OFFLINE_REASON
 from speedsign.runs import list_runs
 
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-TIMEOUT = 60
+from app_support import APP, TIMEOUT, plain, texts
+
 CLI_OFFLINE_ERROR = models._offline_message(Path("/root/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth"))
 READABLE_TIME = re.compile(r"^(just now|\d+ min ago|\d{4}-\d{2}-\d{2} \d{2}:\d{2}|–)$")
 
@@ -109,15 +109,6 @@ def start() -> AppTest:
     at.switch_page("pages/train.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def plain(text: object) -> str:
-    """Page text as a reader sees it: names from disk are markdown-escaped (\\. for .)."""
-    return re.sub(r"\\(.)", r"\1", str(text))
-
-
-def texts(at: AppTest, kind: str) -> list[str]:
-    return [plain(element.value) for element in getattr(at, kind)]
 
 
 def everything(at: AppTest) -> str:

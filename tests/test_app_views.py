@@ -25,8 +25,8 @@ from streamlit.testing.v1 import AppTest
 
 from speedsign import classify, datasets
 
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-TIMEOUT = 60
+from app_support import plain, start, texts
+
 OFFLINE = "ImageNet weights for ResNet18 are not on this machine and could not be downloaded (no internet?)"
 
 
@@ -76,22 +76,6 @@ def add_run(runs: Path, source: Path, run_id: str, *, state: str, epoch: int, er
         config["data_fingerprint"] = fingerprint
         (run_dir / "config.json").write_text(json.dumps(config))
     return run_dir
-
-
-def start(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
-    if page is not None and page != "home":
-        at.switch_page(f"pages/{page}.py").run()
-    return at
-
-
-def plain(text: object) -> str:
-    """Page text as a reader sees it: names from disk are markdown-escaped (\\. for .)."""
-    return re.sub(r"\\(.)", r"\1", str(text))
-
-
-def texts(at: AppTest, kind: str) -> list[str]:
-    return [plain(element.value) for element in getattr(at, kind)]
 
 
 def everything(at: AppTest) -> str:
