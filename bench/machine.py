@@ -31,6 +31,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what CPU kernels can use
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector extensions among VECTOR_FLAGS (Linux /proc/cpuinfo), in that order.
+
+    A figure means little without them: the same 2 cores train about 5x faster with AVX512-BF16
+    than with AVX2 alone. ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA, when set, are reported too.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in VECTOR_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -70,6 +90,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_isa_limits": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
         "cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
@@ -88,7 +110,10 @@ def describe_machine(info: dict[str, Any]) -> str:
     gpu = info.get("gpu")
     gpu_text = f"{gpu['name']} x{gpu['count']} ({gpu['memory_gb']} GB)" if gpu else "no GPU"
     load = info.get("load_average")
-    return (f"{info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable, "
+    flags = " ".join(info.get("cpu_flags") or []) or "no flags read"
+    limits = " ".join(f"{k}={v}" for k, v in (info.get("cpu_isa_limits") or {}).items())
+    return (f"{info['cpu']} [{flags}{'; ' + limits if limits else ''}], "
+            f"{info['cores']} cores ({info['usable_cores']} usable, "
             f"{info['torch_threads']} torch threads), {info.get('memory_gb')} GB RAM, {gpu_text}; "
             f"device {info['device']}; torch {info['torch']}; load average "
             f"{' '.join(str(v) for v in load) if load else 'n/a'}")

@@ -7,11 +7,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from speedsign import datasets, plots, ui
+from speedsign import datasets, faces, plots, ui
 from speedsign.config import APPROACHES, PRESETS
 from speedsign.data import DatasetIndex, image_sizes
 from speedsign.errors import UserError
 from speedsign.leaks import find_leaks
+from speedsign.storage import default_data_dir
 
 Progress = Callable[[int, int], None]
 Work = Callable[[Progress], tuple[Path, str]]
@@ -25,6 +26,40 @@ def size_table(root: str, fingerprint: str) -> pd.DataFrame:
 @st.cache_data(max_entries=8, show_spinner=False)
 def leak_table(root: str, fingerprint: str, max_distance: int = 4) -> pd.DataFrame:
     return find_leaks(ui.scan(root), max_distance=max_distance)
+
+
+@st.cache_data(ttl=10, max_entries=8, show_spinner=False)
+def real_dataset(data_root: str, current_root: str | None, current_fingerprint: str,
+                 _current: DatasetIndex | None) -> DatasetIndex | None:
+    return faces.find_real_dataset(Path(data_root), _current)
+
+
+@st.cache_data(max_entries=4, show_spinner="Rendering the faces…")
+def face_table(root: str | None, fingerprint: str, _real: DatasetIndex | None) -> list[faces.FaceRow]:
+    return faces.face_rows(_real)
+
+
+def face_comparison() -> None:
+    """Per class: the flat face, samples as rendered, and real photos of the same class."""
+    path = ui.current_dataset()
+    try:
+        current = ui.scan(path) if path is not None else None
+    except UserError:
+        current = None  # "In use" below says why the set cannot be used
+    real = real_dataset(str(default_data_dir()), str(current.root) if current else None,
+                        current.fingerprint if current else "", current)
+    if real is None:
+        st.info("No real photos here to compare with: import GTSRB on the “GTSRB import” tab.")
+    rows = face_table(str(real.root) if real else None, real.fingerprint if real else "", real)
+    for row in rows:
+        st.markdown(f"**{ui.md(row.class_name)}**")
+        st.image([row.face, *row.rendered, *row.real], width=64)
+        if real is None:
+            st.caption("flat face · as rendered")
+        elif row.real:
+            st.caption(f"flat face · as rendered · real photos from {ui.md(real.root.name)}")
+        else:
+            st.caption(f"flat face · as rendered · no real photo of this class in {ui.md(real.root.name)}")
 
 
 def create_dataset(label: str, work: Work) -> None:
@@ -141,6 +176,11 @@ with folder_tab:
                            key="server-folder")
     if st.button("Use this folder", icon=":material/folder_open:"):
         choose_server_folder(folder)
+
+st.subheader("Synthetic faces and real photos")
+st.caption("What the renderer draws, how it degrades it, and real photos of the same class.")
+if st.toggle("Compare the synthetic faces with real photos", key="faces-toggle"):
+    face_comparison()
 
 index = ui.current_index()
 if index is None:

@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from speedsign.config import PRECISIONS, SETTINGS, TrainConfig, resolve_config
+from speedsign.config import EVAL_SPLITS, PRECISIONS, SETTINGS, TrainConfig, resolve_config
 from speedsign.errors import UserError
 from speedsign.storage import default_runs_dir
+from speedsign.synth import DEFAULT_PER_CLASS, DEFAULT_SIZE
 
 EXIT_USAGE = 2
 
@@ -228,10 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(handler=command_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a run on a data folder's val or test split")
+    evaluate = sub.add_parser("eval", help="evaluate a run on a data folder's val or test split, or all of it")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", required=True, type=Path)
-    evaluate.add_argument("--split", default="val", choices=("val", "test"))
+    evaluate.add_argument("--split", default="val", choices=EVAL_SPLITS,
+                          help="val (as the run drew it), test, or all: every image of --data")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=command_eval)
 
@@ -246,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     synth = data_sub.add_parser("synth", help="render the synthetic sign set")
     synth.add_argument("--out", required=True, type=Path)
-    synth.add_argument("--per-class", type=_int, default=200)
+    synth.add_argument("--per-class", type=_int, default=DEFAULT_PER_CLASS,
+                       help=f"images per class (default {DEFAULT_PER_CLASS}, the first-start set)")
     synth.add_argument("--seed", type=_int, default=0)
-    synth.add_argument("--size", type=_int, default=64)
+    synth.add_argument("--size", type=_int, default=DEFAULT_SIZE,
+                       help=f"side in pixels (default {DEFAULT_SIZE}, as GTSRB)")
     synth.add_argument("--overwrite", action="store_true")
     synth.add_argument("--json", action="store_true")
     gtsrb = data_sub.add_parser("gtsrb", help="import GTSRB's speed-limit classes")

@@ -23,6 +23,7 @@ SCHEDULES: tuple[str, ...] = ("none", "step", "cosine", "onecycle")
 AUGMENTS: tuple[str, ...] = ("signs", "tutorial", "none")
 RESIZES: tuple[str, ...] = ("square", "tutorial")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")  # how to run, not part of the recipe
+EVAL_SPLITS: tuple[str, ...] = ("val", "test", "all")  # "all": every image of a folder
 
 # ImageNet statistics: the pretrained backbones expect them, and using them for every
 # approach keeps one preprocessing for all three.

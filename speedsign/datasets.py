@@ -31,15 +31,16 @@ from speedsign.data import DatasetIndex, class_counts, scan_dataset
 from speedsign.errors import UserError
 from speedsign.images import ImageError, image_to_tensor, open_image
 from speedsign.storage import default_data_dir
+from speedsign.synth import DEFAULT_PER_CLASS, DEFAULT_SIZE
 
 Progress = Callable[[int, int], None]
 
 SYNTH_NAME = "synth"
 GTSRB_NAME = "gtsrb"
 UPLOADS_NAME = "uploads"
-# The set rendered on first start: 9 classes x 200 = 1,800 images at 64 px, about 4 s.
-FIRST_RUN_PER_CLASS = 200
-FIRST_RUN_SIZE = 64
+# The set rendered on first start (speedsign.synth says why this size).
+FIRST_RUN_PER_CLASS = DEFAULT_PER_CLASS
+FIRST_RUN_SIZE = DEFAULT_SIZE
 LAYOUTS = {"split": "train/ and val/ given", "single": "val drawn from train by track",
            "test": "test/ only (evaluation)"}
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from speedsign.augment import prepare_batch
-from speedsign.config import TrainConfig, config_from_dict
+from speedsign.config import EVAL_SPLITS, TrainConfig, config_from_dict
 from speedsign.errors import UserError
 from speedsign.images import ImageError, load_image_tensor
 from speedsign.models import build_untrained, load_refusal
@@ -128,20 +128,31 @@ def predict_files(predictor: Predictor, paths: Sequence[str], *, top: int = 3) -
     return entries
 
 
+def merge_splits(index: Any) -> Any:
+    """The same index with every sample in one split named "all"."""
+    from dataclasses import replace
+
+    return replace(index, splits={"all": tuple(s for samples in index.splits.values() for s in samples)})
+
+
 def evaluate_split(predictor: Predictor, data_dir: Path | str, *, split: str = "val",
                    batch_size: int = 256) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """A run's best model on a data folder's split; classes are matched to the run's by name.
 
     The val split is drawn as the run drew it (same val_fraction and seed). A folder that
-    holds only test/ is fine for split="test". Returns the report, probabilities and labels.
+    holds only test/ is fine for split="test"; split="all" scores every image of the folder,
+    whatever its split (a data set the run never trained on, such as real photos for a model
+    trained on synthetic signs). Returns the report, probabilities and labels.
     """
     from speedsign.data import load_split_tensors, scan_dataset
     from speedsign.metrics import evaluation_report
 
-    if split not in ("val", "test"):
-        raise UserError(f"split must be val or test; got {split!r}")
+    if split not in EVAL_SPLITS:
+        raise UserError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
     index = scan_dataset(data_dir, val_fraction=predictor.config.val_fraction, seed=predictor.config.seed,
                          require_train=split == "val")
+    if split == "all":
+        index = merge_splits(index)
     if not index.samples(split):
         raise UserError(f"{data_dir} has no {split} split" + (" (expected test/<class>/)" if split == "test" else ""))
     unknown = [name for name in index.classes if name not in predictor.classes]

@@ -1,7 +1,9 @@
-"""Tests for the synthetic sign renderer: layout, reproducibility, atomicity, refusals."""
+"""Tests for the synthetic sign renderer: faces, parameter ranges, layout, reproducibility, atomicity."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import re
 from pathlib import Path
@@ -14,12 +16,32 @@ from speedsign import synth
 from speedsign.errors import UserError
 
 NAME = re.compile(r"^(\d{5})_(\d{5})\.png$")
+N_TRACKS = 2000  # parameter draws per settings in the range tests (about 0.2 s)
+
+# Every range and probability moved away from the defaults (and 0 outside the hue range, 1
+# outside the saturation range), so "in range or exactly off" cannot pass by luck. Blur lengths
+# stay within the 5x5 kernel so a set can be rendered with it.
+CUSTOM = synth.RenderSettings(
+    sign_px=(30, 60), small_px=(8, 10), small_fraction=0.5, margin=(0.10, 0.12), small_margin=(0.30, 0.35),
+    brightness=(0.0, 1.0, 50.0, 100.0), hue_degrees=(-90.0, -30.0), hue_probability=0.3,
+    saturation=(1.5, 3.0), saturation_probability=0.4, rotate_degrees=40.0, rotate_probability=0.9,
+    perspective=(0.30, 0.35), perspective_probability=0.2, noise_weight=0.1, confetti_probability=0.9,
+    confetti_patches=(20, 30), confetti_side=0.05, motion_blur_probability=0.6, motion_blur_px=(3, 4),
+    sensor_noise=(2.0, 3.0), face_variants=2,
+)
+ALL_OFF = dataclasses.replace(
+    synth.DEFAULT_SETTINGS, small_fraction=0.0, hue_probability=0.0, saturation_probability=0.0,
+    rotate_probability=0.0, perspective_probability=0.0, confetti_probability=0.0, motion_blur_probability=0.0,
+)
+ALL_ON = dataclasses.replace(
+    CUSTOM, small_fraction=1.0, hue_probability=1.0, saturation_probability=1.0,
+    rotate_probability=1.0, perspective_probability=1.0, confetti_probability=1.0, motion_blur_probability=1.0,
+)
 
 
-def render_one(class_name: str, *, rng: np.random.Generator, size: int = 64):
+def render_one(class_name: str, *, rng: np.random.Generator, size: int = synth.DEFAULT_SIZE) -> Image.Image:
     """One image of one sign: a track of a single frame."""
     return synth.render_track(class_name, rng=rng, size=size, n_frames=1)[0]
-
 
 
 def read_tree(root: Path) -> dict[str, bytes]:
@@ -28,6 +50,24 @@ def read_tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
 
 
+def draw_many(settings: synth.RenderSettings, *, n_frames: int = 5) -> list[tuple[synth.TrackParams,
+                                                                                   list[synth.FrameParams]]]:
+    """N_TRACKS tracks with their frames, each from its own seed (as render_job seeds them)."""
+    draws = []
+    for seed in range(N_TRACKS):
+        rng = np.random.default_rng([seed, 0, 0])
+        track = synth.draw_track_params(rng, settings)
+        frames = [synth.draw_frame_params(rng, track, settings, k=k, n_frames=n_frames) for k in range(n_frames)]
+        draws.append((track, frames))
+    return draws
+
+
+def within(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+# ---------------------------------------------------------------- faces
+
 def test_class_names_are_the_gtsrb_subset() -> None:
     assert synth.CLASS_NAMES == (
         "speed_20", "speed_30", "speed_50", "speed_60", "speed_70",
@@ -35,12 +75,201 @@ def test_class_names_are_the_gtsrb_subset() -> None:
     )
 
 
+@pytest.mark.parametrize("variant", range(len(synth.FACE_STYLES)))
+@pytest.mark.parametrize("class_name", synth.CLASS_NAMES)
+def test_face_is_an_rgba_disc(class_name: str, variant: int) -> None:
+    face = synth.draw_face(class_name, variant)
+    assert face.mode == "RGBA" and face.size == (synth.FACE_PX, synth.FACE_PX)
+    alpha = np.asarray(face)[..., 3]
+    last = synth.FACE_PX - 1
+    for y, x in itertools.product((0, 1, last - 1, last), repeat=2):  # outside the disc
+        assert alpha[y, x] == 0
+    centre = synth.FACE_PX // 2
+    assert (alpha[centre - 20:centre + 20, centre - 20:centre + 20] == 255).all()
+
+
+@pytest.mark.parametrize("variant", range(len(synth.FACE_STYLES)))
+def test_every_class_face_differs_from_every_other_in_pixels(variant: int) -> None:
+    # Faces are drawn deterministically (no noise), so the same face differs by exactly 0. The
+    # closest pair is speed_30 / speed_80 (a "3" is an "8" without its left halves): about 1.9
+    # mean absolute RGBA difference and 210-270 pixels that differ by more than a quarter of the
+    # range, depending on the variant. The bounds below are about half of that: a whole stroke
+    # segment (a 7 x 14 px piece of a 128 px face) must differ, not a few edge pixels.
+    faces = {c: np.asarray(synth.draw_face(c, variant), dtype=np.float64) for c in synth.CLASS_NAMES}
+    for a, b in itertools.combinations(synth.CLASS_NAMES, 2):
+        diff = np.abs(faces[a] - faces[b])
+        assert diff.mean() > 1.0, (a, b, diff.mean())
+        assert (diff.max(axis=2) > 64).sum() >= 100, (a, b)
+
+
+@pytest.mark.parametrize("class_name", synth.CLASS_NAMES)
+def test_face_variants_of_one_class_differ(class_name: str) -> None:
+    # Closest measured: end_speed_80 variants 0/1 and 1/3, 2.5 mean and ~430 pixels over 64.
+    faces = [np.asarray(synth.draw_face(class_name, v), dtype=np.float64) for v in range(len(synth.FACE_STYLES))]
+    for (v, a), (w, b) in itertools.combinations(enumerate(faces), 2):
+        diff = np.abs(a - b)
+        assert diff.mean() > 1.0, (v, w, diff.mean())
+        assert (diff.max(axis=2) > 64).sum() >= 200, (v, w)
+
+
+def test_face_refuses_unknown_class() -> None:
+    with pytest.raises(UserError, match="unknown class"):
+        synth.draw_face("speed_90", 0)
+
+
+# ---------------------------------------------------------------- parameter ranges
+
+@pytest.mark.parametrize("settings", [synth.DEFAULT_SETTINGS, CUSTOM], ids=["default", "custom"])
+def test_every_degradation_stays_within_its_range(settings: synth.RenderSettings) -> None:
+    s = settings
+    a, b, low, width = s.brightness
+    for track, frames in draw_many(s):
+        assert 0 <= track.variant < s.face_variants
+        assert track.hue == 0.0 or within(track.hue, s.hue_degrees)
+        assert track.saturation == 1.0 or within(track.saturation, s.saturation)
+        assert low <= track.brightness <= low + width
+        assert len(track.background) == 3 and all(0 <= c <= 255 for c in track.background)
+        assert -s.rotate_degrees <= track.angle <= s.rotate_degrees
+        assert len(track.corners) == 8
+        assert all(c == 0.0 for c in track.corners) or all(within(c, s.perspective) for c in track.corners)
+        px_range = s.small_px if track.small else s.sign_px
+        assert px_range[0] <= track.px_start <= track.px_end <= px_range[1]
+        assert within(track.margin, s.small_margin if track.small else s.margin)
+        assert 0 <= track.noise_seed < 2**31
+        for frame in frames:
+            assert track.px_start <= frame.px <= track.px_end
+            assert all(0 <= o <= 1 for o in frame.offset)
+            assert frame.confetti == 0 or (track.small and within(frame.confetti, s.confetti_patches))
+            assert frame.motion_blur == 0 or within(frame.motion_blur, s.motion_blur_px)
+            assert 0 <= frame.blur_angle <= 180
+            assert within(frame.sensor_noise, s.sensor_noise)
+
+
+@pytest.mark.parametrize("settings", [synth.DEFAULT_SETTINGS, CUSTOM], ids=["default", "custom"])
+def test_degradation_probabilities_roughly_hold(settings: synth.RenderSettings) -> None:
+    # With 2000 draws the standard error of a fraction is at most 0.011 (0.016 for the
+    # ~400-1000 small tracks' frames it is conditioned on, x5 frames): 0.05 is over 3 of them.
+    # The draws are seeded, so this is a check of the law, not a flaky test.
+    s = settings
+    draws = draw_many(s)
+    tracks = [t for t, _ in draws]
+
+    def fraction(flags: list[bool]) -> float:
+        return sum(flags) / len(flags)
+
+    assert fraction([t.small for t in tracks]) == pytest.approx(s.small_fraction, abs=0.05)
+    assert fraction([t.hue != 0 for t in tracks]) == pytest.approx(s.hue_probability, abs=0.05)
+    assert fraction([t.saturation != 1 for t in tracks]) == pytest.approx(s.saturation_probability, abs=0.05)
+    assert fraction([t.angle != 0 for t in tracks]) == pytest.approx(s.rotate_probability, abs=0.05)
+    assert fraction([any(t.corners) for t in tracks]) == pytest.approx(s.perspective_probability, abs=0.05)
+    small_frames = [f for t, fs in draws if t.small for f in fs]
+    assert fraction([f.confetti > 0 for f in small_frames]) == pytest.approx(s.confetti_probability, abs=0.05)
+    frames = [f for _, fs in draws for f in fs]
+    assert fraction([f.motion_blur > 0 for f in frames]) == pytest.approx(s.motion_blur_probability, abs=0.05)
+    # Every variant is used, about equally.
+    counts = np.bincount([t.variant for t in tracks], minlength=s.face_variants)
+    assert len(counts) == s.face_variants and counts.min() > 0.8 * N_TRACKS / s.face_variants
+
+
+def test_default_brightness_median_is_gtsrb_dark() -> None:
+    # The Johnson SB median is low + width / (1 + exp(a / b)) = 86.4 for the default law.
+    median = float(np.median([t.brightness for t, _ in draw_many(synth.DEFAULT_SETTINGS, n_frames=1)]))
+    assert median == pytest.approx(86.4, abs=8)
+
+
+def test_probability_zero_turns_every_degradation_off() -> None:
+    for track, frames in draw_many(ALL_OFF):
+        assert not track.small and track.hue == 0.0 and track.saturation == 1.0
+        assert track.angle == 0.0 and track.corners == (0.0,) * 8
+        assert all(f.confetti == 0 and f.motion_blur == 0 for f in frames)
+
+
+def test_probability_one_turns_every_degradation_on() -> None:
+    s = ALL_ON
+    for track, frames in draw_many(s):
+        assert track.small and within(track.hue, s.hue_degrees) and within(track.saturation, s.saturation)
+        assert track.angle != 0.0 and all(within(c, s.perspective) for c in track.corners)
+        assert all(within(f.confetti, s.confetti_patches) for f in frames)
+        assert all(within(f.motion_blur, s.motion_blur_px) for f in frames)
+
+
+def test_confetti_only_on_small_signs() -> None:
+    s = dataclasses.replace(ALL_ON, small_fraction=0.0)
+    assert all(f.confetti == 0 for _, frames in draw_many(s) for f in frames)
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 5, 30])
+def test_track_frames_grow(n_frames: int) -> None:
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        track = synth.draw_track_params(rng, synth.DEFAULT_SETTINGS)
+        pxs = [synth.draw_frame_params(rng, track, synth.DEFAULT_SETTINGS, k=k, n_frames=n_frames).px
+               for k in range(n_frames)]
+        assert pxs == sorted(pxs)
+        assert pxs[-1] == track.px_end
+        if n_frames > 1:
+            assert pxs[0] == track.px_start
+
+
+# ---------------------------------------------------------------- settings
+
+@pytest.mark.parametrize("settings", [synth.DEFAULT_SETTINGS, CUSTOM], ids=["default", "custom"])
+def test_settings_round_trip(settings: synth.RenderSettings) -> None:
+    data = settings.to_dict()
+    assert synth.RenderSettings.from_dict(data) == settings
+    assert synth.RenderSettings.from_dict(json.loads(json.dumps(data))) == settings
+
+
+def test_settings_from_dict_refuses_unknown_keys() -> None:
+    data = synth.DEFAULT_SETTINGS.to_dict() | {"glitter": 0.5}
+    with pytest.raises(UserError, match="glitter"):
+        synth.RenderSettings.from_dict(data)
+
+
+def test_synth_json_keeps_the_settings(tmp_path: Path) -> None:
+    out = synth.render_dataset(tmp_path / "synth", per_class=2, size=16, frames_per_track=2, settings=CUSTOM).out
+    info = json.loads((out / synth.INFO_NAME).read_text())
+    assert info["settings"] == CUSTOM.to_dict()
+    assert synth.read_settings(out) == CUSTOM
+
+
+@pytest.mark.parametrize("content", [None, "not json", "[1, 2]", '{"seed": 0}', '{"settings": {"glitter": 1}}'],
+                         ids=["missing", "not-json", "list", "no-settings", "unknown-key"])
+def test_read_settings_refuses_missing_or_bad_info(tmp_path: Path, content: str | None) -> None:
+    if content is not None:
+        (tmp_path / synth.INFO_NAME).write_text(content)
+    with pytest.raises(UserError):
+        synth.read_settings(tmp_path)
+
+
+# ---------------------------------------------------------------- rendering
+
 @pytest.mark.parametrize("class_name", synth.CLASS_NAMES)
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_render_sign_size_and_mode(class_name: str, size: int) -> None:
     image = render_one(class_name, rng=np.random.default_rng(0), size=size)
     assert image.mode == "RGB"
     assert image.size == (size, size)
+
+
+def test_default_size_is_gtsrb_32() -> None:
+    assert synth.DEFAULT_SIZE == 32
+    assert render_one("speed_50", rng=np.random.default_rng(0)).size == (32, 32)
+
+
+@pytest.mark.parametrize("n_frames", [1, 3, 5])
+def test_render_track_gives_n_frames(n_frames: int) -> None:
+    frames = synth.render_track("speed_70", rng=np.random.default_rng(4), size=16, n_frames=n_frames)
+    assert len(frames) == n_frames
+    assert all(f.mode == "RGB" and f.size == (16, 16) for f in frames)
+
+
+@pytest.mark.parametrize("settings", [ALL_OFF, ALL_ON], ids=["all-off", "all-on"])
+def test_render_track_with_extreme_settings(settings: synth.RenderSettings) -> None:
+    for seed in range(5):
+        frames = synth.render_track("speed_120", rng=np.random.default_rng(seed), size=24, n_frames=3,
+                                    settings=settings)
+        assert [f.size for f in frames] == [(24, 24)] * 3
 
 
 def test_render_sign_is_seeded() -> None:
@@ -56,12 +285,65 @@ def test_render_sign_refuses_unknown_class() -> None:
         render_one("speed_90", rng=np.random.default_rng(0))
 
 
-def test_track_frames_grow() -> None:
-    style = synth.pick_track_style(np.random.default_rng(3))
-    rngs = [np.random.default_rng(k) for k in range(5)]
-    zooms = [synth.pick_frame_style(r, style, k=k, n_frames=5).zoom for k, r in enumerate(rngs)]
-    assert zooms == sorted(zooms) and zooms[-1] == pytest.approx(1.0)
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("angle", [0.0, 30.0, 45.0, 90.0, 135.0, 179.0])
+def test_motion_kernel_is_5x5_and_sums_to_one(length: int, angle: float) -> None:
+    kernel = synth.motion_kernel(length, angle)
+    size, scale, offset, weights = kernel.filterargs
+    assert size == (5, 5) and len(weights) == 25
+    assert scale == 1 and offset == 0
+    assert all(w >= 0 for w in weights)
+    assert sum(weights) == pytest.approx(1.0)
+    grid = np.array(weights).reshape(5, 5)
+    assert grid[2, 2] > 0  # a line through the centre ...
+    assert np.allclose(grid, grid[::-1, ::-1], atol=0.02)  # ... symmetric about it
 
+
+@pytest.mark.parametrize("length", [2, 3, 4, 5])
+@pytest.mark.parametrize("angle", [0.0, 45.0, 90.0])
+def test_motion_kernel_blurs(length: int, angle: float) -> None:
+    weights = np.array(synth.motion_kernel(length, angle).filterargs[3])
+    assert (weights > 0).sum() >= 2
+    assert weights.max() < 1
+
+
+@pytest.mark.parametrize("length", [0, 6, 7])
+def test_motion_kernel_refuses_lengths_a_5x5_kernel_cannot_hold(length: int) -> None:
+    with pytest.raises(ValueError):
+        synth.motion_kernel(length, 0.0)
+
+
+@pytest.mark.parametrize("bad", [{"motion_blur_px": (2, 7)}, {"rotate_probability": 1.5},
+                                 {"sign_px": (48, 18)}, {"noise_weight": -0.1}])
+def test_bad_renderer_settings_are_refused(bad: dict) -> None:
+    with pytest.raises(UserError):
+        synth.RenderSettings(**bad)
+
+
+def test_a_partial_last_track_is_the_start_of_the_whole_track(tmp_path: Path) -> None:
+    kwargs = dict(size=16, frames_per_track=2, workers=1)
+    small = read_tree(synth.render_dataset(tmp_path / "s", per_class=3, **kwargs).out)
+    big = read_tree(synth.render_dataset(tmp_path / "b", per_class=4, **kwargs).out)
+    assert all(big[k] == v for k, v in small.items() if k.endswith(".png"))
+
+
+def test_low_brightness_renders_a_darker_sign() -> None:
+    track = synth.draw_track_params(np.random.default_rng(3), synth.DEFAULT_SETTINGS)
+    track = dataclasses.replace(track, margin=0.1, small=False)
+    frame = synth.FrameParams(px=40, offset=(0.5, 0.5), confetti=0, motion_blur=0, blur_angle=0.0, sensor_noise=0.0)
+    means = []
+    for brightness in (20.0, 60.0, 120.0, 200.0):
+        image = synth.render_frame("speed_50", dataclasses.replace(track, brightness=brightness), frame,
+                                   rng=np.random.default_rng(1), size=32, settings=synth.DEFAULT_SETTINGS)
+        centre = np.asarray(image, dtype=np.float64)[11:21, 11:21]
+        means.append(float(centre.max(axis=2).mean()))  # HSV value, as the brightness target is
+    assert means == sorted(means)
+    # The target is the mean value over the sign; the centre (disc and digits) follows it closely.
+    assert means[0] < 40 and means[-1] > 150
+    assert means[0] < 0.25 * means[-1]
+
+
+# ---------------------------------------------------------------- the data set
 
 def test_layout_names_and_counts(tmp_path: Path) -> None:
     out = tmp_path / "synth"
@@ -69,7 +351,7 @@ def test_layout_names_and_counts(tmp_path: Path) -> None:
     report = synth.render_dataset(out, per_class=7, seed=1, size=32, frames_per_track=3,
                                   progress=lambda done, total: calls.append((done, total)))
     assert report.out == out and report.n_images == 7 * 9 and report.per_class == 7
-    assert report.seed == 1 and report.seconds >= 0
+    assert report.seed == 1 and report.seconds >= 0 and report.size == 32 and report.frames_per_track == 3
     assert sorted(p.name for p in (out / "train").iterdir()) == sorted(synth.CLASS_NAMES)
     for class_name in synth.CLASS_NAMES:
         names = sorted(p.name for p in (out / "train" / class_name).iterdir())
@@ -82,36 +364,44 @@ def test_layout_names_and_counts(tmp_path: Path) -> None:
         assert image.mode == "RGB" and image.size == (32, 32)
     info = json.loads((out / "synth.json").read_text())
     assert info["seed"] == 1 and info["per_class"] == 7 and info["size"] == 32
+    assert info["frames_per_track"] == 3 and info["n_images"] == 63
     assert info["classes"] == list(synth.CLASS_NAMES)
+    assert info["settings"] == synth.DEFAULT_SETTINGS.to_dict()
     assert "seed=1" in (out / "README.txt").read_text()
     assert calls[-1] == (63, 63)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
-    assert not list(tmp_path.glob(".synth.tmp-*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
 
 
-def test_same_seed_same_bytes_different_seed_different(tmp_path: Path) -> None:
+def test_same_seed_renders_the_same_set(tmp_path: Path) -> None:
+    # 9 classes x 2 tracks = 18 jobs: enough for run_jobs to use the thread pool with 2 workers.
     kwargs = dict(per_class=4, size=24, frames_per_track=2)
-    a = read_tree(synth.render_dataset(tmp_path / "a", seed=5, **kwargs).out)
-    b = read_tree(synth.render_dataset(tmp_path / "b", seed=5, **kwargs).out)
-    c = read_tree(synth.render_dataset(tmp_path / "c", seed=6, **kwargs).out)
-    assert a == b
+    a = read_tree(synth.render_dataset(tmp_path / "a", seed=5, workers=1, **kwargs).out)
+    b = read_tree(synth.render_dataset(tmp_path / "b", seed=5, workers=2, **kwargs).out)
+    c = read_tree(synth.render_dataset(tmp_path / "c", seed=6, workers=2, **kwargs).out)
+    assert len([k for k in a if k.endswith(".png")]) == 36
+    assert a == b  # PNGs, synth.json and README.txt
     assert a.keys() == c.keys()
     pngs = [k for k in a if k.endswith(".png")]
     assert all(a[k] != c[k] for k in pngs)
+    assert json.loads(a["synth.json"])["seed"] == 5 and json.loads(c["synth.json"])["seed"] == 6
 
 
 def test_output_does_not_depend_on_per_class(tmp_path: Path) -> None:
-    # One generator per (seed, class, track): a bigger set extends a smaller one.
+    # One generator per (seed, class, track): a bigger set extends a smaller one (whole tracks).
     kwargs = dict(size=16, frames_per_track=2)
     small = read_tree(synth.render_dataset(tmp_path / "s", per_class=2, **kwargs).out)
     big = read_tree(synth.render_dataset(tmp_path / "b", per_class=4, **kwargs).out)
     assert all(big[k] == v for k, v in small.items() if k.endswith(".png"))
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("target", ["render_track", "render_job"])
 def test_failure_mid_render_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, target: str
 ) -> None:
-    real = synth.render_track
+    # Threads share the module, so the patched function is what the pool's workers call too.
+    real = getattr(synth, target)
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -120,15 +410,17 @@ def test_failure_mid_render_leaves_nothing(
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "render_track", flaky)
+    monkeypatch.setattr(synth, target, flaky)
     out = tmp_path / "synth"
     with pytest.raises(RuntimeError, match="boom"):
-        synth.render_dataset(out, per_class=4, size=16, frames_per_track=2)
+        synth.render_dataset(out, per_class=4, size=16, frames_per_track=2, workers=workers)
+    assert calls["n"] > 5
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_failure_with_overwrite_keeps_old_set(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     out = tmp_path / "synth"
     out.mkdir()
@@ -139,7 +431,7 @@ def test_failure_with_overwrite_keeps_old_set(
 
     monkeypatch.setattr(synth, "render_track", broken)
     with pytest.raises(KeyboardInterrupt):
-        synth.render_dataset(out, per_class=1, size=16, overwrite=True)
+        synth.render_dataset(out, per_class=1, size=16, overwrite=True, workers=workers)
     assert [p.name for p in tmp_path.iterdir()] == ["synth"]
     assert (out / "keep.txt").read_text() == "old"
 
@@ -175,7 +467,8 @@ def test_refuses_a_file_as_out(tmp_path: Path) -> None:
     "kwargs",
     [
         {"per_class": 0}, {"per_class": -3}, {"per_class": 100_001}, {"per_class": 2.5},
-        {"per_class": True}, {"seed": -1}, {"size": 15}, {"size": 513}, {"size": "64"}, {"frames_per_track": 0},
+        {"per_class": True}, {"seed": -1}, {"seed": 2**63}, {"size": 15}, {"size": 513}, {"size": "64"},
+        {"frames_per_track": 0}, {"frames_per_track": 1001},
     ],
 )
 def test_bad_args_are_user_errors(tmp_path: Path, kwargs: dict) -> None:
