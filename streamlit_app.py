@@ -14,7 +14,7 @@ from speedsign.errors import UserError
 
 
 def first_start() -> None:
-    """A fresh machine: render the synthetic sign set now (about 4 s), with a progress bar."""
+    """A fresh machine: render the synthetic sign set now (about 15 s on 2 cores), with a progress bar."""
     if datasets.list_datasets():
         return
     placeholder = st.empty()

@@ -57,7 +57,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="replace the section between the sim2real markers here")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--no-write", action="store_true", help="print only; write no docs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: rewrite the docs from the --json file of an earlier run")
     return parser.parse_args(argv)
+
+
+def save_faces_picture(real: Path, out: Path) -> None:
+    """docs/synth_faces.png: per class the flat face, rendered samples, and real photos of the
+    tuning tracks only (the untouched tracks stay unseen)."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from speedsign.faces import face_rows, face_sheet
+
+    index = scan_dataset(real, val_fraction=0.2, seed=0)
+    tuning = replace(index, splits={"train": index.samples("val")})
+    Image.fromarray(face_sheet(face_rows(tuning, per_class=5))).save(out, optimize=True)
 
 
 def render(out: Path, per_class: int) -> dict[str, Any]:
@@ -108,7 +124,7 @@ def run_approach(approach: str, args: argparse.Namespace, data: Path) -> dict[st
     config = json.loads((Path(result["run_dir"]) / "config.json").read_text())
     return {"approach": approach, "run_id": result["run_id"], "command": result["command"],
             "wall_s": result["wall_s"], "train_s": status.get("seconds"), "epochs": status.get("epoch"),
-            "img_size": config.get("img_size"), "images_per_s": status.get("images_per_s"),
+            "img_size": config["config"]["img_size"], "images_per_s": status.get("images_per_s"),
             "synthetic_val": status.get("best_val_acc"), "real": score(Path(result["run_dir"]), args.real)}
 
 
@@ -157,6 +173,9 @@ def replace_between(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        write_docs(args, json.loads(args.json.read_text()))
+        return 0
     if not (args.real / "train").is_dir():
         print(f"bench.sim2real: no real photos at {args.real} (expected train/<class>/)", file=sys.stderr)
         return 2
@@ -176,13 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         results["approaches"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "command"}), flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    text = markdown(results)
-    print(text)
+    print(markdown(results))
     if not args.no_write:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-        replace_between(args.docs, text)
-        replace_between(args.readme, text)
+        write_docs(args, results)
     return 0
+
+
+def write_docs(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The table into docs/benchmarks.md and the README, and the faces picture."""
+    text = markdown(results)
+    replace_between(args.docs, text)
+    replace_between(args.readme, text)
+    save_faces_picture(args.real, FACES_PICTURE)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ with synth_tab:
     st.caption("Renders German speed-limit signs as a dash camera sees them (9 classes, tracks of 5 frames).")
     left, middle, right = st.columns(3)
     per_class = left.number_input("Images per class", 10, 5000, datasets.FIRST_RUN_PER_CLASS, step=50)
-    size = middle.selectbox("Image size (px)", [32, 48, 64, 96, 128], index=2)
+    sizes = [32, 48, 64, 96, 128]
+    size = middle.selectbox("Image size (px)", sizes, index=sizes.index(datasets.FIRST_RUN_SIZE),
+                            help="32 px is GTSRB's size: the sign is rendered small and resized, as real crops are.")
     seed = right.number_input("Seed", 0, 2**31 - 1, 0)
     if st.button("Render a synthetic set", icon=":material/brush:"):
         create_dataset("Rendering signs", partial(render_synth, per_class=int(per_class), size=int(size),

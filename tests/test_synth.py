@@ -27,15 +27,18 @@ CUSTOM = synth.RenderSettings(
     saturation=(1.5, 3.0), saturation_probability=0.4, rotate_degrees=40.0, rotate_probability=0.9,
     perspective=(0.30, 0.35), perspective_probability=0.2, noise_weight=0.1, confetti_probability=0.9,
     confetti_patches=(20, 30), confetti_side=0.05, motion_blur_probability=0.6, motion_blur_px=(3, 4),
-    sensor_noise=(2.0, 3.0), face_variants=2,
+    sensor_noise=(2.0, 3.0), face_variants=2, chroma_probability=0.7, chroma_px=(0.6, 0.8),
+    background_saturation=(0.0, 0.1),
 )
 ALL_OFF = dataclasses.replace(
     synth.DEFAULT_SETTINGS, small_fraction=0.0, hue_probability=0.0, saturation_probability=0.0,
     rotate_probability=0.0, perspective_probability=0.0, confetti_probability=0.0, motion_blur_probability=0.0,
+    chroma_probability=0.0,
 )
 ALL_ON = dataclasses.replace(
     CUSTOM, small_fraction=1.0, hue_probability=1.0, saturation_probability=1.0,
     rotate_probability=1.0, perspective_probability=1.0, confetti_probability=1.0, motion_blur_probability=1.0,
+    chroma_probability=1.0,
 )
 
 
@@ -129,6 +132,10 @@ def test_every_degradation_stays_within_its_range(settings: synth.RenderSettings
         assert track.saturation == 1.0 or within(track.saturation, s.saturation)
         assert low <= track.brightness <= low + width
         assert len(track.background) == 3 and all(0 <= c <= 255 for c in track.background)
+        # Saturation scaled by at most the range's top: the channels' spread around their mean
+        # is at most that share of a uniform colour's, which is at most 255.
+        spread = max(track.background) - min(track.background)
+        assert spread <= s.background_saturation[1] * 255 + 2
         assert -s.rotate_degrees <= track.angle <= s.rotate_degrees
         assert len(track.corners) == 8
         assert all(c == 0.0 for c in track.corners) or all(within(c, s.perspective) for c in track.corners)
@@ -143,6 +150,7 @@ def test_every_degradation_stays_within_its_range(settings: synth.RenderSettings
             assert frame.motion_blur == 0 or within(frame.motion_blur, s.motion_blur_px)
             assert 0 <= frame.blur_angle <= 180
             assert within(frame.sensor_noise, s.sensor_noise)
+            assert frame.chroma == 0.0 or within(frame.chroma, s.chroma_px)
 
 
 @pytest.mark.parametrize("settings", [synth.DEFAULT_SETTINGS, CUSTOM], ids=["default", "custom"])
@@ -166,6 +174,7 @@ def test_degradation_probabilities_roughly_hold(settings: synth.RenderSettings) 
     assert fraction([f.confetti > 0 for f in small_frames]) == pytest.approx(s.confetti_probability, abs=0.05)
     frames = [f for _, fs in draws for f in fs]
     assert fraction([f.motion_blur > 0 for f in frames]) == pytest.approx(s.motion_blur_probability, abs=0.05)
+    assert fraction([f.chroma > 0 for f in frames]) == pytest.approx(s.chroma_probability, abs=0.05)
     # Every variant is used, about equally.
     counts = np.bincount([t.variant for t in tracks], minlength=s.face_variants)
     assert len(counts) == s.face_variants and counts.min() > 0.8 * N_TRACKS / s.face_variants
@@ -330,7 +339,8 @@ def test_a_partial_last_track_is_the_start_of_the_whole_track(tmp_path: Path) ->
 def test_low_brightness_renders_a_darker_sign() -> None:
     track = synth.draw_track_params(np.random.default_rng(3), synth.DEFAULT_SETTINGS)
     track = dataclasses.replace(track, margin=0.1, small=False)
-    frame = synth.FrameParams(px=40, offset=(0.5, 0.5), confetti=0, motion_blur=0, blur_angle=0.0, sensor_noise=0.0)
+    frame = synth.FrameParams(px=40, offset=(0.5, 0.5), confetti=0, motion_blur=0, blur_angle=0.0, sensor_noise=0.0,
+                              chroma=0.0)
     means = []
     for brightness in (20.0, 60.0, 120.0, 200.0):
         image = synth.render_frame("speed_50", dataclasses.replace(track, brightness=brightness), frame,
