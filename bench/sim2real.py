@@ -143,7 +143,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"{data['size']} px), rendered in {data['render_s']:.1f} s with {data['workers']} threads. "
              f"Scored on every real photo of `{results['real_name']}` ({results['real_n']:,} photos); "
              "no real photo was used for training or for choosing a checkpoint (synthetic val, by "
-             "track). \"Untouched\": the 80% of real tracks no renderer choice ever looked at.",
+             "track). \"Untouched\": the 80% of real tracks that no measurement scored while the renderer "
+             "was built.",
              "",
              "| approach | real photos, all | untouched tracks | synthetic val | training | weakest classes (recall) |",
              "|---|---|---|---|---|---|"]
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     data = args.work / "synth"
     results: dict[str, Any] = {
-        "command": "python -m bench.sim2real " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": shlex.join(["python", "-m", "bench.sim2real", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(torch.device("cpu")), "real_name": args.real.name,
         "real_n": sum(len(v) for v in scan_dataset(args.real).splits.values()),
         "data": render(data, args.per_class), "approaches": [],

@@ -132,6 +132,17 @@ def test_eval_val_and_test_splits_give_the_contract_report(
     assert code == 0 and err == ""  # text mode too
 
 
+def test_eval_all_scores_every_image_of_the_folder(
+        runs_with_results: dict[str, Path], tiny_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --split all: a data set the run never saw (real photos for a synthetic-trained model).
+    run_dir = runs_with_results["scratch"]
+    code, report, err = run_cli(capsys, "eval", str(run_dir), "--data", str(tiny_data), "--split", "all", "--json")
+    assert code == 0, err
+    every = sorted(p.relative_to(tiny_data).as_posix() for p in tiny_data.rglob("*.png"))
+    assert report["split"] == "all" and report["n"] == len(every) == 9 * 6 + 4
+    assert sorted(report["files"]) == every
+
+
 def test_eval_with_a_class_the_run_does_not_know_or_no_data_exits_2(
         runs_with_results: dict[str, Path], tiny_data: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
