@@ -96,7 +96,7 @@ def big_photo(sign: Image.Image, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """A 4000 x 4000 photo of the sign, over 50 MB as a JPEG (sensor noise does not compress)."""
     side = 4000
     base = np.asarray(sign.resize((side, side), Image.Resampling.BILINEAR), dtype=np.int16)
-    noise = np.random.default_rng(0).integers(-64, 65, base.shape, dtype=np.int16)
+    noise = np.random.default_rng(0).integers(-96, 97, base.shape, dtype=np.int16)
     photo = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
     path = tmp_path_factory.mktemp("photo") / "photo.jpg"
     photo.save(path, "JPEG", quality=100, subsampling=0)
