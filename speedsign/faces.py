@@ -112,13 +112,13 @@ def face_rows(real: DatasetIndex | None, *, per_class: int = 4, seed: int = 0, s
 
 def face_sheet(rows: list[FaceRow], *, size: int = 64, gap: int = 4) -> np.ndarray:
     """All rows as one picture (the README's): per class, face, rendered samples, then real photos."""
-    width = max(1 + len(r.rendered) + len(r.real) for r in rows) * (size + gap) + 2 * gap
+    width = max(1 + len(r.rendered) + len(r.real) for r in rows) * (size + gap) + 4 * gap
     sheet = Image.new("RGB", (width, len(rows) * (size + gap) + gap), (255, 255, 255))
     for i, row in enumerate(rows):
         x = gap
-        for picture in (row.face, *row.rendered, *row.real):
+        for k, picture in enumerate((row.face, *row.rendered, *row.real)):
+            if k == 1 + len(row.rendered):
+                x += 2 * gap  # a wider gap between the synthetic and the real
             sheet.paste(Image.fromarray(picture), (x, gap + i * (size + gap)))
             x += size + gap
-            if picture is row.rendered[-1] if row.rendered else False:
-                x += 2 * gap  # a wider gap between the synthetic and the real
     return np.asarray(sheet)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
+
+from speedsign import datasets
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 TIMEOUT = 60
@@ -35,3 +38,15 @@ def answers(at: AppTest) -> list[str]:
     unsure = [text for text in texts(at, "markdown") if text.startswith("Best guess: ")]
     broken = [text for text in texts(at, "warning") if text.startswith("No answer: ")]
     return sure + unsure + broken
+
+
+def fresh_app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Empty data root and runs folder for the app; first-start synth made tiny and fast."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    runs.mkdir()
+    monkeypatch.setenv("SPEEDSIGN_DATA", str(data))
+    monkeypatch.setenv("SPEEDSIGN_RUNS", str(runs))
+    monkeypatch.setattr(datasets, "FIRST_RUN_PER_CLASS", 10)
+    monkeypatch.setattr(datasets, "FIRST_RUN_SIZE", 32)
+    return {"data": data, "runs": runs}

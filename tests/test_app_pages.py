@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from speedsign import datasets, evaluation, training
+from speedsign import evaluation, training
 from speedsign.runs import inspect_run
 
-from app_support import answers, plain, start, texts
+from app_support import answers, fresh_app_env, plain, start, texts
 
 PAGES = ("home", "dataset", "train", "curves", "evaluation", "classify")
 
@@ -34,14 +34,7 @@ PAGES = ("home", "dataset", "train", "curves", "evaluation", "classify")
 @pytest.fixture
 def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """Empty data root and runs folder for the app; first-start synth made tiny and fast."""
-    data, runs = tmp_path / "data", tmp_path / "runs"
-    data.mkdir()
-    runs.mkdir()
-    monkeypatch.setenv("SPEEDSIGN_DATA", str(data))
-    monkeypatch.setenv("SPEEDSIGN_RUNS", str(runs))
-    monkeypatch.setattr(datasets, "FIRST_RUN_PER_CLASS", 10)
-    monkeypatch.setattr(datasets, "FIRST_RUN_SIZE", 32)
-    return {"data": data, "runs": runs}
+    return fresh_app_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from PIL import Image
 from speedsign import datasets, faces, synth
 from speedsign.data import scan_dataset
 
-from app_support import plain, start, texts
+from app_support import fresh_app_env, plain, start, texts
 
 # Solid colours per class, so a test can tell whose photo landed in which row.
 COLOURS = {"speed_30": (200, 30, 30), "speed_80": (30, 30, 200), "stop": (30, 200, 30)}
@@ -127,14 +127,7 @@ def test_sets_without_shared_classes_or_unscannable_are_skipped(tmp_path: Path) 
 @pytest.fixture
 def app_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty data root (first start renders a tiny synthetic set) and runs folder."""
-    data, runs = tmp_path / "data", tmp_path / "runs"
-    data.mkdir()
-    runs.mkdir()
-    monkeypatch.setenv("SPEEDSIGN_DATA", str(data))
-    monkeypatch.setenv("SPEEDSIGN_RUNS", str(runs))
-    monkeypatch.setattr(datasets, "FIRST_RUN_PER_CLASS", 10)
-    monkeypatch.setattr(datasets, "FIRST_RUN_SIZE", 32)
-    return data
+    return fresh_app_env(tmp_path, monkeypatch)["data"]
 
 
 def test_dataset_page_shows_faces_and_says_when_no_real_photo_is_here(app_root: Path) -> None:
