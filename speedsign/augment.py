@@ -108,21 +108,35 @@ def jitter_light(images: torch.Tensor, *, generator: torch.Generator) -> torch.T
     return images.clamp_(0, 1)
 
 
+def shrink(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Float pixels resized down to size x size with antialiasing (progressive resizing)."""
+    if pixels.shape[-1] == size and pixels.shape[-2] == size:
+        return pixels
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def prepare_batch(images: torch.Tensor, *, config: TrainConfig, train: bool,
                   generator: torch.Generator | None = None,
-                  channels_last: bool = False) -> torch.Tensor:
-    """uint8 (N, 3, S, S) on the training device -> normalised float input of the network."""
-    size = config.img_size
+                  channels_last: bool = False, size: int | None = None) -> torch.Tensor:
+    """uint8 (N, 3, S, S) on the training device -> normalised float input of the network.
+
+    `size`: a smaller training side than `config.img_size` (progressive resizing), reached by
+    shrinking the whole image; evaluation and prediction always use `config.img_size`.
+    """
+    smaller = size is not None and size != config.img_size
+    size = config.img_size if size is None else size
     augment = config.augment if train else "none"
     if augment == "none":
-        batch = normalize(center_crop(images, size))
+        batch = normalize(center_crop(images, config.img_size))
+        if smaller:
+            batch = shrink(batch, size)
     else:
         if generator is None:
             raise ValueError("augmentation needs a seeded generator for reproducible runs")
         pixels = images.float().div_(255.0)
         n = pixels.shape[0]
         if augment == "signs":
-            pixels = center_crop(pixels, size)
+            pixels = shrink(center_crop(pixels, config.img_size), size)
             pixels = _affine_sample(pixels, sign_affine(n, generator=generator, device=pixels.device), size)
             pixels = jitter_light(pixels, generator=generator)
         else:  # tutorial: crop from the stored (larger) image, as RandomResizedCrop does

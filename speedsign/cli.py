@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +52,15 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
+def _duration(text: str) -> float:
+    from speedsign.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def emit(result: dict[str, Any], *, as_json: bool, text: str) -> None:
     print(json.dumps(result, sort_keys=False) if as_json else text, flush=True)
 
@@ -70,7 +80,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             extra["default"] = "fast"
         else:
             extra["help"] = f"{setting.help} (default: the preset's)"
-        parser.add_argument(setting.flag, dest=setting.name, type=_TYPES[setting.kind],
+        kind = _duration if setting.name == "budget" else _TYPES[setting.kind]
+        parser.add_argument(setting.flag, dest=setting.name, type=kind,
                             **{"help": setting.help, **extra})
     parser.add_argument("--data", required=True, type=Path, help="data folder (see README: layouts)")
     parser.add_argument("--runs-dir", type=Path, default=None)
@@ -99,14 +110,14 @@ def command_train(args: argparse.Namespace) -> int:
         from speedsign.jobs import launch
 
         return report_train(launch(request, nproc=args.nproc).to_json(), as_json=args.json)
-    return report_train(train_run(request).to_json(), as_json=args.json)
+    return report_train(train_run(request, started=args.started).to_json(), as_json=args.json)
 
 
 def command_job(args: argparse.Namespace) -> int:
     """A background job: train the request that `jobs.launch` wrote into RUN_DIR/config.json."""
     from speedsign.job import read_request, train_run
 
-    return report_train(train_run(read_request(args.run_dir)).to_json(), as_json=True)
+    return report_train(train_run(read_request(args.run_dir), started=args.started).to_json(), as_json=True)
 
 
 def report_train(result: dict[str, Any], *, as_json: bool) -> int:
@@ -280,8 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, started: float | None = None) -> int:
+    """`started` (time.monotonic()): where a time budget starts; `python -m speedsign` passes the
+    process's start. Default: now (a call from Python)."""
+    started = time.monotonic() if started is None else started
     args = build_parser().parse_args(argv)
+    args.started = started
     try:
         with warnings.catch_warnings():
             # torch's weights-only unpickler warns about the pickle protocol of a file it is

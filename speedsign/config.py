@@ -54,6 +54,13 @@ class TrainConfig:
     weights: str = "none"  # "imagenet", a file path, "run:ID", or "none" (random init)
     val_fraction: float = 0.2
     seed: int = 0
+    # Added after the first runs were stored: left out of a run's identity at their defaults,
+    # so the ids (and the cache) of earlier runs stay valid (see `identity_dict`).
+    steps: int = 0  # optimizer steps in all; 0: epochs x steps per epoch
+    warmup: float = 0.25  # share of the steps in the one-cycle warm-up
+    ema: float = 0.0  # decay of the weights' moving average evaluated instead of the weights; 0: off
+    budget: float = 0.0  # seconds the whole command may take; 0: no budget (see speedsign.budget)
+    min_size: int = 0  # progressive resizing: the side training starts at; 0: off (see train.train_size)
 
     @property
     def stored_size(self) -> int:
@@ -66,8 +73,23 @@ class TrainConfig:
             return round(self.img_size * 256 / 224)
         return self.img_size
 
+    @property
+    def budgeted(self) -> bool:
+        return self.budget > 0
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """to_dict without the later fields at their defaults: what names a run."""
+        return {k: v for k, v in self.to_dict().items() if k not in LATER_DEFAULTS or LATER_DEFAULTS[k] != v}
+
+
+MIN_BUDGET_S = 10.0  # below this, starting Python and torch alone would not fit
+
+# Fields added after runs were first stored, and their defaults.
+LATER_FIELDS: tuple[str, ...] = ("steps", "warmup", "ema", "budget", "min_size")
+LATER_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig) if f.name in LATER_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("val_fraction", float, "share of tracks held out for val when the data has no val/",
             low=0.0, high=0.9, low_open=True),
     Setting("seed", int, "random seed", low=0, high=2**31 - 1, hand_set=True),
+    Setting("steps", int, "optimizer steps in all (0: epochs x the training split; a budget plans them)",
+            low=0, high=10**9),
+    Setting("warmup", float, "share of the steps that warm the learning rate up (one-cycle)",
+            low=0.0, high=0.9, low_open=True),
+    Setting("ema", float, "decay of a moving average of the weights, evaluated and saved instead (0: off)",
+            low=0.0, high=0.99999),
+    Setting("budget", float, "seconds the whole command may take, e.g. 300, 5m or 1h (0: none, train the "
+            "epochs)", low=0.0, high=7 * 24 * 3600.0),
+    Setting("min_size", int, "progressive resizing: start training at this side, grow to the input side over "
+            "the first 3/4 of the steps (0: off)", low=0, high=512),
 )
 # Hand-set inputs appear on the Train page in this order.
 HAND_SET: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.hand_set)
@@ -141,21 +173,24 @@ _TUTORIAL: dict[str, dict[str, Any]] = {
 }
 
 # Our tuned defaults, chosen by measurement (docs/benchmarks.md has the numbers behind them).
+# Each has a time budget, so that "fast" is the same wait on every machine: the epochs are the
+# most it trains, and a slower machine trains fewer steps, or smaller inputs (speedsign.budget).
+FAST_BUDGETS: dict[str, float] = {"finetune": 300.0, "frozen": 120.0, "scratch": 300.0}
 _FAST: dict[str, dict[str, Any]] = {
     "finetune": dict(
         img_size=48, batch_size=128, epochs=6, optimizer="sgd", lr=0.05, momentum=0.9,
         weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, augment="signs",
-        resize="square", weights="imagenet",
+        resize="square", weights="imagenet", budget=FAST_BUDGETS["finetune"],
     ),
     "frozen": dict(
         img_size=64, batch_size=256, epochs=25, optimizer="adamw", lr=0.003, momentum=0.9,
         weight_decay=1e-4, schedule="cosine", augment="none", resize="square",
-        weights="imagenet",
+        weights="imagenet", budget=FAST_BUDGETS["frozen"],
     ),
     "scratch": dict(
-        img_size=64, batch_size=128, epochs=20, optimizer="sgd", lr=0.1, momentum=0.9,
+        img_size=64, batch_size=32, epochs=20, optimizer="sgd", lr=0.05, momentum=0.9,
         weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, augment="signs",
-        resize="square", weights="none",
+        resize="square", weights="none", budget=FAST_BUDGETS["scratch"],
     ),
 }
 
@@ -224,6 +259,11 @@ def validate_config(config: TrainConfig) -> TrainConfig:
             _check_number(setting, value)
     if not isinstance(config.weights, str) or not config.weights:
         raise UserError("weights must be 'imagenet', 'none', a file path or 'run:ID'")
+    if config.min_size and not 16 <= config.min_size <= config.img_size:
+        raise UserError(f"min_size must be 0 (off) or between 16 and the input side {config.img_size}; "
+                        f"got {config.min_size}")
+    if 0 < config.budget < MIN_BUDGET_S:
+        raise UserError(f"a budget must be at least {MIN_BUDGET_S:g} s (or 0 for none); got {config.budget:g} s")
     if config.approach == "scratch" and config.weights != "none":
         raise UserError("the scratch approach trains from random init: weights must be 'none'")
     if config.approach != "scratch" and config.weights == "none":

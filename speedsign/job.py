@@ -11,6 +11,7 @@ lock, waits for the device and records the outcome in status.json.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import sys
@@ -25,10 +26,24 @@ import torch
 from torch import nn
 
 from speedsign import __version__
+from speedsign.budget import (
+    CHECKPOINT_SECONDS,
+    ENOUGH_IMAGES,
+    BudgetPlan,
+    check_fits,
+    choose_size,
+    mean_step_seconds,
+    plan_steps,
+    safety_seconds,
+    smaller_sizes,
+    time_evaluation,
+    time_step,
+)
 from speedsign.config import TrainConfig, config_from_dict, validate_config
 from speedsign.data import DatasetIndex, load_decoded, scan_dataset, select_splits
 from speedsign.errors import UserError
 from speedsign.locks import acquire_device_slot, run_lock
+from speedsign.machine import machine_key
 from speedsign.metrics import evaluation_report
 from speedsign.models import (
     build_model,
@@ -61,6 +76,7 @@ from speedsign.train import (
     EpochRecord,
     StopFlag,
     Stopped,
+    build_ema,
     build_optimizer,
     build_scheduler,
     compute_features,
@@ -70,6 +86,7 @@ from speedsign.train import (
     evaluate,
     pick_device,
     resolve_precision,
+    total_steps,
     train_one_epoch,
 )
 
@@ -118,6 +135,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     error: str | None = None
+    budget: dict[str, Any] | None = None  # a budgeted run: its plan, and the steps it ran
 
     def to_json(self) -> dict[str, Any]:
         data = {"run_id": self.run_id, "run_dir": str(self.run_dir), "state": self.state,
@@ -125,6 +143,8 @@ class TrainResult:
                 "epochs_run": self.epochs_run, "seconds": round(self.seconds, 2)}
         if self.error:
             data["error"] = self.error
+        if self.budget:
+            data["budget"] = self.budget
         return data
 
 
@@ -136,6 +156,8 @@ class FitState:
     best_val_acc: float = -1.0
     best_epoch: int = 0
     stale_epochs: int = 0
+    steps_run: int = 0
+    images: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -161,8 +183,11 @@ def plan_run(request: TrainRequest) -> RunPlan:
     if config.batch_size > n_train:
         raise UserError(f"batch size {config.batch_size} is larger than the {n_train} training images: "
                         f"use a batch size of at most {n_train}")
-    identity = {"config": config.to_dict(), "data": index.fingerprint,
+    identity = {"config": config.identity_dict(), "data": index.fingerprint,
                 "weights": weights_fingerprint(config.weights, runs_dir=request.runs_dir)}
+    if config.budgeted:
+        # A budget buys different steps on another machine: there it is another run.
+        identity["machine"] = machine_key(describe_device(pick_device(request.device)))
     digest = config_hash(identity)
     existing = find_run_by_hash(request.runs_dir, digest)
     run_id = existing.name if existing else make_run_id(config.approach, digest)
@@ -254,8 +279,13 @@ def result_from_status(plan: RunPlan, *, cached: bool) -> TrainResult:
 
 # ---------------------------------------------------------------- the job
 
-def train_run(request: TrainRequest) -> TrainResult:
-    """Train a request into its run folder, or return the finished or in-progress run."""
+def train_run(request: TrainRequest, *, started: float | None = None) -> TrainResult:
+    """Train a request into its run folder, or return the finished or in-progress run.
+
+    `started` (time.monotonic()): where a time budget starts counting; the command line passes
+    its process start (speedsign.STARTED), so the budget covers the whole command. Default: now.
+    """
+    started = time.monotonic() if started is None else started
     ctx = distributed_from_env()
     plan = plan_run(request)
     if not request.force and plan.folder.is_finished():
@@ -269,13 +299,13 @@ def train_run(request: TrainRequest) -> TrainResult:
     try:
         if not request.force and plan.folder.is_finished():  # finished while we waited for the lock
             return result_from_status(plan, cached=True)
-        return run_job(request, plan, ctx)
+        return run_job(request, plan, ctx, started=started)
     finally:
         if lock is not None:
             lock.release()
 
 
-def run_job(request: TrainRequest, plan: RunPlan, ctx: Distributed) -> TrainResult:
+def run_job(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, started: float) -> TrainResult:
     """Queue for the device, train, and record how it ended: done, cancelled or failed."""
     folder, config = plan.folder, request.config
     device = pick_device(request.device)
@@ -298,15 +328,19 @@ def run_job(request: TrainRequest, plan: RunPlan, ctx: Distributed) -> TrainResu
                       epochs=config.epochs, world_size=ctx.world_size)
         status.start_heartbeat()
     slot = None
+    budget_start = started  # a budget counts from the command's start...
     try:
         if not ctx.active:
+            waited = time.monotonic()
             slot = acquire_device_slot(request.runs_dir, folder.path, device_key=device_key(device),
                                        queued_at=queued_at, should_stop=stop)
             if slot is None:
                 raise Stopped()
+            if time.monotonic() - waited > 1.0:
+                budget_start = time.monotonic()  # ...or, after a wait in the queue, from getting the device
         if status is not None:
             status.update(state="running", started=now_iso(), phase="loading data")
-        return train(request, plan, ctx, device=device, status=status, stop=stop)
+        return train(request, plan, ctx, device=device, status=status, stop=stop, budget_start=budget_start)
     except Stopped:
         if status is not None:
             status.update(state="cancelled", phase=None, finished=now_iso())
@@ -342,7 +376,7 @@ def describe_error(error: BaseException) -> str:
 
 
 def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: torch.device,
-          status: StatusWriter | None, stop: StopFlag) -> TrainResult:
+          status: StatusWriter | None, stop: StopFlag, budget_start: float) -> TrainResult:
     """The training itself, from data to the best model's val predictions."""
     started = time.perf_counter()  # once the device is ours: time spent queued is not training
     config, folder, classes = request.config, plan.folder, plan.index.classes
@@ -354,13 +388,52 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
                 status.update(phase=f"{phase} {done}/{total}")
         return progress
 
-    # Data: decoded once (cached on disk); for frozen, backbone features once (cached too).
     backbone = resolve_weights(config.weights, runs_dir=request.runs_dir) if config.approach != "scratch" else None
     model = build_model(config, num_classes=len(classes), backbone=backbone)
+    precision = resolve_precision(request.precision, device, img_size=config.img_size)
+    features = config.approach == "frozen"
+    resume = None if request.force else load_resume(folder)
+
+    # A budget: the input size first (it decides what to decode), then the steps that fit.
+    budget = read_budget(folder) if resume is not None and config.budgeted else None
+    if config.budgeted and budget is None:
+        if status is not None:
+            status.update(phase="timing this machine")
+        sizes: dict[int, float] = {}
+        if not features and config.min_size:  # progressive resizing: time both ends of its sides
+            sizes = {side: time_step(model, config=config, features=False, device=device, precision=precision,
+                                     img_size=side) for side in (config.img_size, config.min_size)}
+        elif not features:  # frozen trains a head on features of the preset's size
+            # Enough: what the approach needs, or all the preset would show, when that is less.
+            enough = min(ENOUGH_IMAGES[config.approach], config.epochs * len(plan.index.samples("train")))
+            sizes = measure_sizes(model, config=config, device=device, precision=precision, enough_images=enough)
+            config = replace(config, img_size=choose_size(sizes, budget_s=config.budget,
+                                                           batch_size=config.batch_size, enough_images=enough))
+    elif budget is not None:
+        config = budget.apply(config)
+
+    # Data: decoded once (cached on disk); for frozen, backbone features once (cached too).
     inputs = load_inputs(plan, model, config=config, device=device, report=report)
+    n_train = int(inputs.train_labels.shape[0])
+    steps_per_epoch = max(1, n_train // config.batch_size) if n_train > config.batch_size else 1
+    if config.steps:  # steps decide the length; the epochs follow (the last one may be partial)
+        config = replace(config, epochs=math.ceil(config.steps / steps_per_epoch))
+    if config.budgeted and budget is None:
+        budget = plan_budget(model, config=config, inputs=inputs, device=device, precision=precision,
+                             steps_per_epoch=steps_per_epoch, budget_start=budget_start,
+                             sizes=sizes, device_name=describe_device(device))
+        config = budget.apply(config)
+        if ctx.is_main:
+            atomic_write_json(budget.to_dict(), folder.budget)
+        log(f"budget {config.budget:g} s: {budget.steps} steps at {budget.img_size} px "
+            f"({budget.step_s:.3f} s each), planned {budget.planned_s:.0f} s")
+    if status is not None:
+        status.update(epochs=config.epochs, planned_steps=total_steps(config, steps_per_epoch=steps_per_epoch))
+    if budget is not None and status is not None:
+        status.update(budget_s=budget.budget_s, planned_s=round(budget.planned_s, 2),
+                      deadline=time.time() + budget_start + budget.planned_s - time.monotonic())
 
     # Model, optimizer, schedule: the frozen approach trains the head alone.
-    precision = resolve_precision(request.precision, device, img_size=config.img_size)
     model.to(device)
     if not inputs.features:
         model.to(memory_format=torch.channels_last)
@@ -375,17 +448,18 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     if not params:
         raise UserError("nothing to train: every parameter is frozen")
     optimizer = build_optimizer(params, config)
-    n_train = int(inputs.train_labels.shape[0])
-    steps = max(1, n_train // config.batch_size) if n_train > config.batch_size else 1
-    scheduler, per_step = build_scheduler(optimizer, config, steps_per_epoch=steps)
+    scheduler, per_step = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
+    ema = build_ema(model, config)
+    total = total_steps(config, steps_per_epoch=steps_per_epoch)
 
     # Resume from last.pt when an earlier attempt was interrupted.
     state, earlier_seconds = FitState(), 0.0
-    resume = None if request.force else load_resume(folder)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        if ema is not None and isinstance(resume.get("ema"), dict):
+            ema.load_state_dict(resume["ema"])
         state = FitState(**resume["fit_state"])
         earlier_seconds = float(resume.get("seconds", 0.0) or 0.0)
         log(f"resuming from {RunDir.LAST} after epoch {state.epoch}")
@@ -394,9 +468,17 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     elif ctx.is_main:
         write_metrics(folder.path, [])
 
+    # The evaluated model: the weights' moving average when there is one.
+    evaluated = model if ema is None else ema.module
+    evaluated_module = evaluated.fc if inputs.features else evaluated
+    # Past this, the run stops training and finishes (an overrun guard; the plan aims earlier). What
+    # is left after it: an evaluation and checkpoint, the saved predictions, and the process's exit,
+    # each slower than timed when the machine got busier; hence twice the evaluation.
+    hard_stop = None if budget is None else (budget_start + budget.budget_s - 2 * budget.eval_s
+                                             - safety_seconds(budget.budget_s))
     if status is not None:
         status.update(phase="training", step=0, precision=precision)
-    while state.epoch < config.epochs:
+    while state.epoch < config.epochs and state.steps_run < total:
         epoch = state.epoch + 1
         epoch_started = time.perf_counter()
         set_train_mode(model, approach=config.approach)
@@ -405,12 +487,13 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             optimizer=optimizer, scheduler=scheduler, per_step=per_step,
             order=epoch_generator(config, epoch, device=torch.device("cpu")),
             generator=epoch_generator(config, epoch, device=device, salt=1 + ctx.rank), device=device, ctx=ctx,
-            stop=stop, status=status, precision=precision)
+            stop=stop, status=status, precision=precision, max_steps=total - state.steps_run,
+            ema=ema, ema_source=model, deadline=hard_stop, first_step=state.steps_run, total_steps=total)
         train_seconds = time.perf_counter() - epoch_started
         lr = optimizer.param_groups[0]["lr"]
         if not per_step:
             scheduler.step()
-        val_loss, val_acc, _ = evaluate(module, inputs.val, inputs.val_labels, config=config,
+        val_loss, val_acc, _ = evaluate(evaluated_module, inputs.val, inputs.val_labels, config=config,
                                         features=inputs.features, device=device, ctx=ctx, precision=precision)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             # NaN or inf weights answer nothing: a failed run, not a finished one at chance.
@@ -419,9 +502,11 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
                             f"try a lower learning rate than {config.lr:g}")
         record = EpochRecord(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                              val_acc=val_acc, lr=lr, seconds=time.perf_counter() - epoch_started,
-                             images_per_s=seen / max(train_seconds, 1e-9))
+                             images_per_s=seen / max(train_seconds, 1e-9), images=state.images + seen)
         is_best = val_acc > state.best_val_acc
         state.epoch = epoch
+        state.steps_run += math.ceil(seen / config.batch_size)  # a global batch is split over the ranks
+        state.images += seen
         state.history.append(record.to_dict())
         if is_best:
             state.best_val_acc, state.best_epoch, state.stale_epochs = val_acc, epoch, 0
@@ -430,24 +515,80 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
         seconds = earlier_seconds + time.perf_counter() - started
         if ctx.is_main:
             save_checkpoint(folder, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                            config=config, classes=classes, seconds=seconds, is_best=is_best)
+                            config=config, classes=classes, seconds=seconds, is_best=is_best, ema=ema)
             append_metrics(folder.path, record.to_dict())
             status.update(epoch=epoch, best_val_acc=state.best_val_acc, val_acc=val_acc,
-                          images_per_s=record.images_per_s, phase="training", seconds=round(seconds, 2))
+                          images_per_s=record.images_per_s, phase="training", seconds=round(seconds, 2),
+                          steps_run=state.steps_run)
             log(f"epoch {epoch}/{config.epochs} train_loss {train_loss:.4f} train_acc {train_acc:.4f} "
                 f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} {record.images_per_s:.0f} img/s")
         if config.patience and state.stale_epochs >= config.patience:
+            break
+        if hard_stop is not None and time.monotonic() >= hard_stop:
+            log(f"budget: stopping after {state.steps_run} of {total} steps, the time is up")
             break
 
     seconds = earlier_seconds + time.perf_counter() - started
     if ctx.is_main:
         save_val_predictions(folder, inputs, classes=classes, config=config, device=device)
         status.update(state="done", phase=None, finished=now_iso(), seconds=round(seconds, 2),
-                      epoch=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch)
+                      epoch=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
+                      steps_run=state.steps_run)
     if ctx.active:
         torch.distributed.barrier()
+    summary = None
+    if budget is not None:
+        summary = {"budget_s": budget.budget_s, "img_size": budget.img_size, "planned_steps": budget.steps,
+                   "planned_s": budget.planned_s, "steps_run": state.steps_run,
+                   "elapsed_s": round(time.monotonic() - budget_start, 2)}
     return TrainResult(run_id=plan.run_id, run_dir=plan.run_dir, state="done", cached=False,
-                       best_val_acc=state.best_val_acc, epochs_run=state.epoch, seconds=seconds)
+                       best_val_acc=state.best_val_acc, epochs_run=state.epoch, seconds=seconds, budget=summary)
+
+
+# ---------------------------------------------------------------- a time budget
+
+def measure_sizes(model: nn.Module, *, config: TrainConfig, device: torch.device, precision: str,
+                  enough_images: int) -> dict[int, float]:
+    """Seconds per step at the preset's size, then at smaller sizes until one buys enough images."""
+    sizes: dict[int, float] = {}
+    for size in smaller_sizes(config.img_size):
+        sizes[size] = time_step(model, config=config, features=False, device=device, precision=precision,
+                                img_size=size)
+        if config.budget / sizes[size] * config.batch_size >= enough_images:
+            break
+    return sizes
+
+
+def plan_budget(model: nn.Module, *, config: TrainConfig, inputs: Inputs, device: torch.device, precision: str,
+                steps_per_epoch: int, budget_start: float, sizes: dict[int, float], device_name: str) -> BudgetPlan:
+    """The steps that fit in what is left of the budget, with this machine's step and eval times."""
+    module = model.fc if inputs.features else model
+    if config.min_size and sizes:
+        step_s = mean_step_seconds(config, sizes)
+    else:
+        step_s = sizes.get(config.img_size) or time_step(module, config=config, features=inputs.features,
+                                                          device=device, precision=precision,
+                                                          img_size=config.img_size)
+    eval_s = CHECKPOINT_SECONDS + time_evaluation(module.to(device), config=config, features=inputs.features,
+                                                  device=device, precision=precision, img_size=config.img_size,
+                                                  n_images=int(inputs.val_labels.shape[0]))
+    elapsed_s = time.monotonic() - budget_start
+    check_fits(budget_s=config.budget, elapsed_s=elapsed_s, step_s=step_s, eval_s=eval_s)
+    max_steps = config.epochs * steps_per_epoch  # a budget never trains longer than the preset
+    steps, planned = plan_steps(budget_s=config.budget, elapsed_s=elapsed_s, step_s=step_s, eval_s=eval_s,
+                                steps_per_epoch=steps_per_epoch, max_steps=max_steps)
+    return BudgetPlan(budget_s=config.budget, machine=machine_key(device_name), img_size=config.img_size,
+                      steps=steps, steps_per_epoch=steps_per_epoch, step_s=round(step_s, 5),
+                      eval_s=round(eval_s, 3), elapsed_s=round(elapsed_s, 2), planned_s=round(planned, 2),
+                      sizes={str(k): round(v, 5) for k, v in sizes.items()})
+
+
+def read_budget(folder: RunDir) -> BudgetPlan | None:
+    """The plan an interrupted budgeted run made (a resume keeps it), or None."""
+    try:
+        return BudgetPlan.from_dict(json.loads(folder.budget.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------- pieces of the job
@@ -497,16 +638,18 @@ def cached_features(plan: RunPlan, decoded: dict, model: nn.Module, *, config: T
 
 def save_checkpoint(folder: RunDir, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     state: FitState, config: TrainConfig, classes: tuple[str, ...], seconds: float,
-                    is_best: bool) -> None:
+                    is_best: bool, ema: Any = None) -> None:
     """last.pt (everything a resume needs) and, for a new best epoch, best.pt (the model alone).
 
     Plain tensors and containers only: both load with torch.load(weights_only=True).
     """
     common = checkpoint_payload(model, config=config, classes=classes)
-    if is_best:
-        atomic_torch_save({**common, "epoch": state.epoch, "val_acc": state.best_val_acc}, folder.best)
+    if is_best:  # the evaluated weights: the moving average when there is one
+        best = common if ema is None else checkpoint_payload(ema.module, config=config, classes=classes)
+        atomic_torch_save({**best, "epoch": state.epoch, "val_acc": state.best_val_acc}, folder.best)
+    extra = {} if ema is None else {"ema": ema.state_dict()}
     atomic_torch_save({**common, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "fit_state": asdict(state), "seconds": seconds}, folder.last)
+                       "fit_state": asdict(state), "seconds": seconds, **extra}, folder.last)
 
 
 def load_resume(folder: RunDir) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from speedsign.budget import format_duration
 from speedsign.errors import UserError
 from speedsign.models import IMAGENET_URL, OFFLINE_REASON, imagenet_weights_path
 from speedsign.progress import MISSING, format_seconds, format_time, parse_time
@@ -203,6 +204,8 @@ def job_view(info: RunInfo, rows: Sequence[Mapping[str, Any]]) -> JobView:
     durations = [float(r["seconds"]) for r in rows if _number(r.get("seconds")) is not None]
     if info.state == "running" and durations and epochs:
         seconds_left = max(0.0, (epochs - epoch - partial) * (sum(durations) / len(durations)))
+    if info.state == "running" and status.deadline is not None:
+        seconds_left = max(0.0, status.deadline - time.time())  # a budget's plan is a clock, not a guess
     last = rows[-1] if rows else {}
     val_acc = status.val_acc if status.val_acc is not None else _number(last.get("val_acc"))
     ips = status.images_per_s if status.images_per_s is not None else _number(last.get("images_per_s"))
@@ -262,7 +265,8 @@ def recent_jobs(runs: Sequence[RunInfo], *, now: float | None = None, pinned: Se
 
 
 def job_times(info: RunInfo, *, now: float | None = None) -> str:
-    """When a job was created, started and ended, for its card: "created 14:05 · ended 5 min ago"."""
+    """When a job was created, started and ended, for its card: "created 14:05 · ended 5 min ago",
+    and a time budget's plan: "budget 5 min: 412 steps planned to take 4 min 48 s"."""
     status = info.status
     parts = [f"created {format_time(status.created, now=now)}"]
     if status.started:
@@ -270,6 +274,13 @@ def job_times(info: RunInfo, *, now: float | None = None) -> str:
     moment = ended_at(info)
     if moment is not None:
         parts.append(f"ended {format_time(moment, now=now)}")
+    if status.budget_s:
+        plan = f"budget {format_duration(status.budget_s)}"
+        if status.planned_steps and status.planned_s:
+            plan += f": {status.planned_steps} steps planned to take {format_seconds(status.planned_s)}"
+        if info.state == "done" and status.steps_run is not None:
+            plan += f", {status.steps_run} run"
+        parts.append(plan)
     return " · ".join(parts)
 
 

@@ -49,11 +49,12 @@ class RunDir:
     LAST = "last.pt"
     PREDICTIONS = "predictions_val.npz"
     EVALUATION = "eval_val.json"
+    BUDGET = "budget.json"  # what a time budget planned (speedsign.budget.BudgetPlan)
     LOG = "log.txt"
     CANCEL = "cancel.request"
     LOCK = ".lock"
     # What a training writes (and `--force` forgets); config and status stay.
-    OUTPUTS: tuple[str, ...] = (METRICS, BEST, LAST, PREDICTIONS, EVALUATION)
+    OUTPUTS: tuple[str, ...] = (METRICS, BEST, LAST, PREDICTIONS, EVALUATION, BUDGET)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -89,6 +90,10 @@ class RunDir:
     @property
     def evaluation(self) -> Path:
         return self.path / self.EVALUATION
+
+    @property
+    def budget(self) -> Path:
+        return self.path / self.BUDGET
 
     @property
     def log(self) -> Path:
@@ -183,6 +188,11 @@ class RunStatus:
     device_key: str | None = None
     precision: str | None = None
     world_size: int | None = None
+    budget_s: float | None = None  # a time budget's seconds, its plan and its deadline (time.time())
+    planned_s: float | None = None
+    planned_steps: int | None = None
+    deadline: float | None = None
+    steps_run: int | None = None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> RunStatus:
@@ -214,8 +224,10 @@ class RunStatus:
 
 
 _BAD = object()
-_INT_FIELDS = ("pid", "epoch", "epochs", "step", "steps", "best_epoch", "world_size")
-_FLOAT_FIELDS = ("queued_at", "heartbeat", "best_val_acc", "val_acc", "images_per_s", "seconds")
+_INT_FIELDS = ("pid", "epoch", "epochs", "step", "steps", "best_epoch", "world_size", "planned_steps",
+               "steps_run")
+_FLOAT_FIELDS = ("queued_at", "heartbeat", "best_val_acc", "val_acc", "images_per_s", "seconds", "budget_s",
+                 "planned_s", "deadline")
 
 
 def _coerce(name: str, value: Any) -> Any:

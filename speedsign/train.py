@@ -107,20 +107,43 @@ def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.op
                            weight_decay=config.weight_decay, nesterov=False)
 
 
+def total_steps(config: TrainConfig, *, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: `steps` when set (a budget sets it), else epochs' worth."""
+    return config.steps or config.epochs * max(1, steps_per_epoch)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, *,
                     steps_per_epoch: int) -> tuple[Any, bool]:
-    """The schedule, and whether it steps per batch (one-cycle) or per epoch."""
+    """The schedule, and whether it steps per batch (one-cycle; cosine over `steps`) or per epoch.
+
+    With `steps` set, the schedule spans exactly those steps, whatever the epochs.
+    """
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma), False
     if config.schedule == "cosine":
+        if config.steps:
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps), True
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs), False
     if config.schedule == "onecycle":
         # OneCycleLR divides by (warm-up steps - 1): very short runs need a floor. Never
         # stepping past the end is fine; stepping beyond total_steps is an error.
-        total = max(10, config.epochs * max(1, steps_per_epoch))
+        total = max(10, total_steps(config, steps_per_epoch=steps_per_epoch))
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total,
-                                                   pct_start=0.25), True
+                                                   pct_start=config.warmup), True
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), False
+
+
+def build_ema(model: nn.Module, config: TrainConfig) -> torch.optim.swa_utils.AveragedModel | None:
+    """A moving average of the weights and BatchNorm statistics (None when `ema` is 0).
+
+    torch's own AveragedModel: evaluated and saved instead of the raw weights, it smooths the
+    noise of the last steps, which a short run has not annealed away.
+    """
+    if not config.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
 
 
 def epoch_generator(config: TrainConfig, epoch: int, *, device: torch.device, salt: int = 0) -> torch.Generator:
@@ -179,7 +202,7 @@ def resolve_precision(name: str, device: torch.device, *, img_size: int) -> str:
     return "fp32"
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     # bf16: twice the tensor-core rate on a GPU, no loss scaling needed; fp32 otherwise.
     if precision == "bf16" and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -200,6 +223,8 @@ class EpochRecord:
     lr: float
     seconds: float
     images_per_s: float
+    images: int = 0  # training images seen so far, this epoch's included
+
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -235,22 +260,45 @@ class StopFlag:
 
 
 def prepare_inputs(batch: torch.Tensor, *, config: TrainConfig, features: bool, train: bool,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
     """What the module sees: frozen features as they are, images augmented (train) and normalised."""
     if features:
         return batch
-    return prepare_batch(batch, config=config, train=train, generator=generator, channels_last=True)
+    return prepare_batch(batch, config=config, train=train, generator=generator, channels_last=True, size=size)
+
+
+GROW_SHARE = 0.75  # progressive resizing reaches the full side after this share of the steps
+SIZE_STEP = 8  # sides grow in multiples of this
+
+
+def train_size(config: TrainConfig, step: int, total: int) -> int:
+    """The training side at global step `step` (0-based) of `total`: `min_size` growing linearly to
+    `img_size` over the first GROW_SHARE of the steps (FFCV's progressive resizing), else `img_size`.
+
+    Small images early are cheap, and the net learns coarse shapes first; the last quarter
+    trains at the side that evaluation uses, so the statistics of BatchNorm match it."""
+    if not config.min_size or config.min_size >= config.img_size:
+        return config.img_size
+    fraction = min(1.0, step / max(1.0, GROW_SHARE * total))
+    side = config.min_size + (config.img_size - config.min_size) * fraction
+    return min(config.img_size, max(config.min_size, int(side) // SIZE_STEP * SIZE_STEP))
 
 
 def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, config: TrainConfig,
                     features: bool, optimizer: torch.optim.Optimizer, scheduler: Any, per_step: bool,
                     order: torch.Generator, generator: torch.Generator, device: torch.device,
                     ctx: Distributed = Distributed(), stop: StopFlag | None = None,
-                    status: StatusWriter | None = None, precision: str = "fp32") -> tuple[float, float, int]:
+                    status: StatusWriter | None = None, precision: str = "fp32", max_steps: int | None = None,
+                    ema: Any = None, ema_source: nn.Module | None = None,
+                    deadline: float | None = None, first_step: int = 0,
+                    total_steps: int | None = None) -> tuple[float, float, int]:
     """One pass over the training inputs; returns mean loss, accuracy and images seen (all ranks).
 
     `order` shuffles (the same on every rank); `generator` draws the augmentation. `stop` is
-    checked before every step; `status` gets the step count every 20 steps.
+    checked before every step; `status` gets the step count every 20 steps. `max_steps` ends
+    the pass early (the last epoch of a run with `steps`); `ema` is updated from `ema_source`
+    after every step. Past `deadline` (time.monotonic()) the pass ends: a budget's guard.
+    `first_step` and `total_steps` place the pass in the run, for progressive resizing.
     """
     n = int(labels.shape[0])
     batch_size = config.batch_size
@@ -258,15 +306,22 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
+    if max_steps is not None:
+        total = min(total, max_steps)
     for step, index in enumerate(batch_indices(n, batch_size, generator=order, ctx=ctx,
                                                drop_last=n > batch_size), start=1):
+        if max_steps is not None and step > max_steps:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         if stop is not None and stop():
             raise Stopped()
         index = index.to(inputs.device)
+        side = train_size(config, first_step + step - 1, total_steps or total) if config.min_size else None
         batch = prepare_inputs(inputs[index].to(device, non_blocking=True), config=config, features=features,
-                               train=True, generator=generator)
+                               train=True, generator=generator, size=side)
         target = labels[index].to(device, non_blocking=True)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = module(batch)
             loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -274,6 +329,8 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         optimizer.step()
         if per_step:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(ema_source)
         # Sums stay on the device: reading them every step would synchronise a GPU.
         loss_sum += loss.detach() * len(target)
         correct += (logits.argmax(1) == target).sum()
@@ -298,7 +355,7 @@ def evaluate(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, c
         index = index.to(inputs.device)
         batch = prepare_inputs(inputs[index].to(device), config=config, features=features, train=False)
         target = labels[index].to(device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = module(batch).float()
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         correct += float((logits.argmax(1) == target).sum())
@@ -321,7 +378,7 @@ def compute_features(model: nn.Module, images: torch.Tensor, *, config: TrainCon
     for step, start in enumerate(range(0, len(images), batch_size), start=1):
         batch = prepare_batch(images[start:start + batch_size].to(device), config=config, train=False,
                               channels_last=True)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             features.append(backbone_features(model, batch).float().cpu())
         if on_batch is not None:
             on_batch(step, total)
