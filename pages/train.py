@@ -6,6 +6,7 @@ from typing import Any
 import streamlit as st
 
 from speedsign import jobs, run_views, training, ui
+from speedsign.budget import format_duration
 from speedsign.config import APPROACHES, HAND_SET, PRESETS, Setting
 from speedsign.errors import UserError
 from speedsign.job import TrainRequest
@@ -181,7 +182,17 @@ else:
     needs_weights = any(a != "scratch" for a in approaches)
     if defaults.note and not needs_weights:
         st.info(defaults.note, icon=":material/info:")
-    preset = st.selectbox("Preset", PRESETS, key="train-preset", format_func=lambda p: PRESET_LABELS.get(p, p))
+    preset_column, budget_column = st.columns([3, 1])
+    preset = preset_column.selectbox("Preset", PRESETS, key="train-preset",
+                                     format_func=lambda p: PRESET_LABELS.get(p, p))
+    choices = training.budget_choices(preset)
+    budget = budget_column.selectbox(
+        "Time budget", choices, 0, key=f"train-budget-{preset}",
+        format_func=lambda b: "preset's" if b is None else format_duration(b),
+        help="Each job ends within this time on this machine: it times its first steps and plans the steps "
+             "(and, if that pays, a smaller input size) to fit. \"preset's\": "
+             f"{training.describe_preset_budgets(preset)}. \"epochs\": train the preset's epochs, "
+             "however long they take. `--budget` on the command line.")
     overrides = {}
     if st.toggle("Set hyper-parameters by hand", key="train-hand") and approaches:
         for approach, tab in zip(approaches, st.tabs(list(approaches)), strict=True):
@@ -212,7 +223,8 @@ else:
     if st.button("Launch", type="primary", icon=":material/play_arrow:", disabled=not approaches or bool(blocker)):
         with ui.user_errors():
             launch(training.build_requests(approaches=approaches, preset=preset, data_dir=data_dir,
-                                           runs_dir=default_runs_dir(), weights=weights, overrides=overrides),
+                                           runs_dir=default_runs_dir(), weights=weights, overrides=overrides,
+                                           budget=budget),
                    nproc=nproc)
 
 live_runs()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from speedsign.budget import PAGE_BUDGETS, format_duration
 from speedsign.config import APPROACHES, HAND_SET, Setting, TrainConfig, preset_values, resolve_config
 from speedsign.errors import UserError
 from speedsign.job import TrainRequest
@@ -154,10 +155,29 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def preset_budgets(preset: str) -> dict[str, float]:
+    """Each approach's own budget in the preset (0: none; frozen needs less time than the others)."""
+    return {approach: float(preset_values(approach, preset).get("budget", 0.0)) for approach in APPROACHES}
+
+
+def budget_choices(preset: str) -> list[float | None]:
+    """The page's budgets in seconds (0: the preset's epochs); None first, the page's default,
+    keeps each approach's budget from the preset, so the page asks for what the command line does."""
+    choices: list[float | None] = [float(b) for b in PAGE_BUDGETS]
+    return [None, *choices] if any(preset_budgets(preset).values()) else choices
+
+
+def describe_preset_budgets(preset: str) -> str:
+    """'finetune 5 min · frozen 2 min · scratch 5 min' for the budget's help text."""
+    return " · ".join(f"{approach} {format_duration(seconds)}" for approach, seconds in preset_budgets(preset).items())
+
+
 def build_requests(*, approaches: Sequence[str], preset: str, data_dir: Path, runs_dir: Path,
                    weights: str | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                   device: str = "auto") -> list[TrainRequest]:
-    """One TrainRequest per approach; UserError (naming the approach) when a setting is refused."""
+                   device: str = "auto", budget: float | None = None) -> list[TrainRequest]:
+    """One TrainRequest per approach; UserError (naming the approach) when a setting is refused.
+
+    `budget`: seconds each job may take (0: train the epochs); None keeps the preset's."""
     if not approaches:
         raise UserError("choose at least one approach to train")
     needs_weights = any(approach != "scratch" for approach in approaches)
@@ -167,6 +187,8 @@ def build_requests(*, approaches: Sequence[str], preset: str, data_dir: Path, ru
     requests = []
     for approach in approaches:
         values = dict((overrides or {}).get(approach, {}))
+        if budget is not None:
+            values["budget"] = budget
         if approach != "scratch" and weights is not None:
             values["weights"] = weights.strip()
         try:

@@ -335,7 +335,13 @@ def test_classify_bad_uploads_are_messages(with_runs: dict[str, Path], synth_dir
     assert not answers(at)
 
 
-def test_train_launch_of_a_finished_config_is_shown_at_once(with_runs: dict[str, Path], weights_file: Path) -> None:
+def test_train_launch_of_a_finished_config_is_shown_at_once(with_data: dict[str, Path],
+                                                             runs_with_results: dict[str, Path], weights_file: Path,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tmp_path / "runs-linked"  # links to the shared runs: a wrong launch must not add to them
+    runs.mkdir()
+    link_runs(runs_with_results, runs)
+    monkeypatch.setenv("SPEEDSIGN_RUNS", str(runs))
     at = start("train")
     assert_clean(at)
     at.multiselect(key="train-approaches").set_value(["scratch", "frozen"]).run()
@@ -351,7 +357,8 @@ def test_train_launch_of_a_finished_config_is_shown_at_once(with_runs: dict[str,
     assert not at.error, texts(at, "error")
     done = [s for s in texts(at, "success") if "already finished" in s]
     assert len(done) == 2, texts(at, "success") + texts(at, "info")
-    assert not list(with_runs["runs"].glob("*/cancel.request"))
+    assert sorted(p.name for p in runs.iterdir()) == sorted(d.name for d in runs_with_results.values())
+    assert not list(runs.glob("*/cancel.request"))
 
 
 def _choose_weights_file(at: AppTest, weights_file: Path) -> None:

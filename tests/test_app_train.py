@@ -310,3 +310,43 @@ def test_a_run_already_done_when_first_seen_gets_no_toast(with_runs: dict[str, P
     at = start()
     assert not at.toast
     assert any(t.startswith("Done:") for t in texts(at, "success"))
+
+
+# ---------------------------------------------------------------- time budget
+
+def test_the_budget_beside_the_preset_reaches_every_job(app_env: dict[str, Path], weights_file: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from speedsign.config import FAST_BUDGETS
+
+    launched: list = []
+    monkeypatch.setattr(jobs, "launch", lambda request, nproc=1: launched.append(request) or Launch(
+        "scratch-x", app_env["runs"] / "scratch-x", "queued", False, None))
+    at = start()
+    box = at.selectbox(key="train-budget-fast")
+    assert box.value is None and [plain(o) for o in box.options][:2] == ["preset's", "epochs"]
+    assert "5 min" in [plain(o) for o in box.options]
+    at.multiselect(key="train-approaches").set_value(["scratch", "frozen"]).run()
+    at.selectbox(key="train-weights").select(next(o for o in training.weights_options([]) if o.spec == "path")).run()
+    at.text_input(key="train-weights-path").set_value(str(weights_file)).run()
+    launch_button(at).click().run()
+    # the preset's budget is each approach's own, as on the command line
+    assert [r.config.budget for r in launched] == [FAST_BUDGETS["scratch"], FAST_BUDGETS["frozen"]]
+    at.selectbox(key="train-budget-fast").set_value(600.0).run()
+    launch_button(at).click().run()
+    assert [r.config.budget for r in launched[-2:]] == [600.0, 600.0]
+    at.selectbox(key="train-budget-fast").set_value(0.0).run()
+    launch_button(at).click().run()
+    assert launched[-1].config.budget == 0  # "epochs": no budget, whatever the preset's
+    at.selectbox(key="train-preset").set_value("tutorial").run()
+    assert at.selectbox(key="train-budget-tutorial").value == 0  # the report's settings have none
+
+
+def test_a_budgeted_job_card_shows_its_plan_and_the_clock(with_runs: dict[str, Path],
+                                                          runs_with_results: dict[str, Path]) -> None:
+    run_dir = fake_job(with_runs["runs"], runs_with_results["scratch"], run_id="scratch-20991231-budget1")
+    set_status(run_dir, budget_s=300.0, planned_s=287.0, planned_steps=412, deadline=time.time() + 125)
+    at = start()
+    shown = everything(at)
+    assert "budget 5 min: 412 steps planned to take 4 min 47 s" in shown, shown
+    progress = [plain(p.proto.text) for p in at.get("progress")]
+    assert any(re.search(r"2 min (0[0-5]) s left", text) for text in progress), progress
