@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from typing import Any
 
 import torch
 from torch import nn
+
+from speedsign.machine import VECTOR_FLAGS, cpu_flags, cpu_model, isa_limits, usable_cores
+
+__all__ = ["VECTOR_FLAGS", "cpu_flags", "cpu_model", "usable_cores"]
 
 # Dense bf16 tensor-core peak (TFLOP/s) by GPU name, from the vendors' data sheets; a GPU not
 # listed gets no "fraction of peak" rather than a guess. Checked in order: first match wins.
@@ -18,44 +23,6 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100", 989.0),
     ("A100", 312.0),
 )
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
-            for line in file:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what CPU kernels can use
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's vector extensions among VECTOR_FLAGS (Linux /proc/cpuinfo), in that order.
-
-    A figure means little without them: the same 2 cores train about 5x faster with AVX512-BF16
-    than with AVX2 alone. ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA, when set, are reported too.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
-            for line in file:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in VECTOR_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def memory_gb() -> float | None:
@@ -91,7 +58,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
-        "cpu_isa_limits": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+        "cpu_isa_limits": isa_limits(),
         "cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
@@ -140,10 +107,34 @@ def forward_flops(model: nn.Module, *, img_size: int) -> int:
     return int(counter.get_total_flops())
 
 
-def achieved(flops_per_image: float, images_per_s: float, device: torch.device) -> dict[str, Any]:
-    """Achieved TFLOP/s, and on a known GPU the fraction of its dense bf16 peak."""
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 2048, repeats: int = 10) -> float:
+    """This machine's dense matmul rate (TFLOP/s) for `dtype`, with training's threads: the best of
+    `repeats` n x n products. What a data sheet cannot say for a CPU: its cores, clock and ISA here."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(3):  # warm-up: threads, kernels, caches, clocks
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e12
+
+
+def achieved(flops_per_image: float, images_per_s: float, device: torch.device, *,
+             peak_tflops: float | None = None, peak_dtype: str | None = None) -> dict[str, Any]:
+    """Achieved TFLOP/s; its fraction of the measured matmul peak (`peak_tflops`, for the dtype
+    that side trains in); and on a known GPU the fraction of its data-sheet dense bf16 peak."""
     tflops = flops_per_image * images_per_s / 1e12
     result: dict[str, Any] = {"tflops": round(tflops, 4)}
+    if peak_tflops:
+        result.update(fraction_of_peak=round(tflops / peak_tflops, 4), peak_tflops=round(peak_tflops, 4),
+                      peak_dtype=peak_dtype)
     if device.type == "cuda":
         peak = peak_bf16_tflops(torch.cuda.get_device_name(device))
         if peak:

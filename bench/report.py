@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -44,24 +45,34 @@ def throughput_table(results: dict[str, Any], *, markdown: bool) -> str | None:
         return None
     rows = []
     for approach, e in data["approaches"].items():
+        shares = [e.get("achieved", {}).get(side, {}).get("fraction_of_peak") for side in ("tutorial", "fast")]
         rows.append([approach, _fmt(e["tutorial_median"]), _fmt(e["fast_median"]), f"{e['speedup']:.1f}x",
                      f"{e['fast']['img_size']} px, batch {e['fast']['batch_size']}",
+                     " / ".join("-" if v is None else f"{100 * v:.0f}%" for v in shares),
                      " / ".join(_fmt(v) for v in e["tutorial_images_per_s"]),
                      " / ".join(_fmt(v) for v in e["fast_images_per_s"])])
-    table = _table(["approach", "tutorial img/s", "fast img/s", "speed-up", "fast preset", "tutorial rounds",
-                    "fast rounds"], rows, markdown=markdown)
+    table = _table(["approach", "tutorial img/s", "fast img/s", "speed-up", "fast preset",
+                    "% of matmul peak (tutorial / fast)", "tutorial rounds", "fast rounds"], rows, markdown=markdown)
     first = next(iter(data["approaches"].values()))
     note = (f"median of {len(first['tutorial_images_per_s'])} alternating rounds; tutorial: "
             f"{first['tutorial']['img_size']} px, batch 4, {data['tutorial_workers']} DataLoader workers, "
             f"{first['tutorial']['steps']} batches after {first['tutorial']['warmup']} warm-up; fast: "
             f"{first['fast']['steps']} batches per round. frozen fast = first epoch including building "
             f"its feature cache.")
+    peaks = data.get("matmul_peak_tflops")
+    if peaks:
+        note += (" Matmul peak measured in the same run (2048 x 2048, training's threads): "
+                 + ", ".join(f"{dtype} {value * 1000:.0f} GFLOP/s" for dtype, value in peaks.items()) + ".")
     achieved = [(a, e["achieved"]) for a, e in data["approaches"].items() if "achieved" in e]
     if achieved:
         parts = []
         for approach, values in achieved:
             text = (f"{approach}: tutorial {values['tutorial']['tflops']:.3g}, "
                     f"fast {values['fast']['tflops']:.3g} TFLOP/s")
+            if "fraction_of_peak" in values["fast"]:
+                text += (f" = {100 * values['tutorial']['fraction_of_peak']:.0f}% / "
+                         f"{100 * values['fast']['fraction_of_peak']:.0f}% of this machine's matmul peak "
+                         f"({values['tutorial']['peak_dtype']} / {values['fast']['peak_dtype']})")
             if "fraction_of_bf16_peak" in values["fast"]:
                 text += (f" ({100 * values['tutorial']['fraction_of_bf16_peak']:.2f}% / "
                          f"{100 * values['fast']['fraction_of_bf16_peak']:.2f}% of bf16 peak)")
@@ -289,10 +300,37 @@ def write_docs(results: dict[str, Any], folder: Path) -> list[Path]:
     if plot_ok:
         written.append(plot)
     md = folder / "benchmarks.md"
+    kept = kept_sections(md.read_text()) if md.exists() else []
     md.write_text(markdown_report(results, plot_name=plot.name if plot_ok else None) + "\n"
-                  + "\n## README table\n\n" + readme_block(results) + "\n")
+                  + "\n## README table\n\n" + readme_block(results) + "\n"
+                  + "".join(f"\n{section}\n" for section in kept))
     written.append(md)
     return written
+
+
+# A section that another bench writes (bench.sim2real, bench.efficiency, bench.budgets): its
+# heading, its text, and its marker block. `python -m bench` rewrites the rest of the file.
+_KEPT_SECTION = re.compile(r"^## [^\n]+\n(?:(?!^## ).)*?<!-- (\w+):begin -->.*?<!-- \1:end -->",
+                           re.DOTALL | re.MULTILINE)
+
+
+def kept_sections(text: str) -> list[str]:
+    """The sections of benchmarks.md that other benches own, to be kept when `bench` rewrites it."""
+    return [match.group(0) for match in _KEPT_SECTION.finditer(text) if match.group(1) != "bench"]
+
+
+def replace_block(path: Path, text: str, *, name: str, heading: str) -> None:
+    """Put `text` between the `<!-- name:begin -->` and `<!-- name:end -->` markers of `path`;
+    a file without them gets them appended under `## heading`."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    current = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{text}\n{end}"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        current = head + block + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
+    path.write_text(current)
 
 
 def update_readme(results: dict[str, Any], path: Path) -> bool:
@@ -386,3 +424,28 @@ def _pillow_plot(frame: Any, path: Path) -> bool:
         draw.text((width - margin - 170, margin + 16 * i), str(run), fill=color)
     image.save(path)
     return True
+
+
+def write_throughput_section(results_file: Path, docs: Path) -> None:
+    """The training-throughput table of a saved `bench --quick --json` result, with its machine,
+    as its own section of docs/benchmarks.md (a quick run writes no docs by itself)."""
+    import json
+
+    results = json.loads(results_file.read_text())
+    text = (f"`{results.get('command', 'python -m bench --quick')}` on {describe_machine(results['machine'])}; "
+            f"saved as `{results_file.name}`.\n\n" + (throughput_table(results, markdown=True) or "no throughput"))
+    text += ("\n\nA share above 100% means the peak was measured low: this run's peak came from its "
+             "first matmuls, while the machine was still busy with the run before it. A second "
+             "measurement on the idle machine (torch.mm of 2048 x 2048 fp32, best of 5, 2 threads) gave "
+             "159 GFLOP/s, and a 3x3 oneDNN convolution gave 148 GFLOP/s. Against 159, the tutorial "
+             "loop reaches 60-67% and the fast presets 50-54% (scratch 79, finetune 87 GFLOP/s): the "
+             "target of 60% is not met at the preset sizes. The peak is now the best of 10 after 3 warm-up "
+             "products. On this CPU the tutorial loop's 224 px convolutions are already efficient at "
+             "batch 4, so the speed-up is bounded by the ratio of FLOPs per image: 12.3x at 64 px "
+             "(scratch, measured 10.1x) and 21.8x at 48 px (finetune, measured 15.1x).")
+    replace_block(docs, text, name="throughput-avx2", heading="Training throughput on an AVX2-only CPU")
+
+
+if __name__ == "__main__":
+    # python -m bench.report RESULTS.json [DOCS.md]
+    write_throughput_section(Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) > 2 else "docs/benchmarks.md"))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from bench.machine import describe_machine, machine_info
+from bench.report import replace_block
 from speedsign import synth
 from speedsign.data import scan_dataset
 from speedsign.metrics import wilson_interval
@@ -38,7 +39,6 @@ from speedsign.predict import Predictor, evaluate_split
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DEFAULT = REPO.parent / "shared" / "data" / "gtsrb-speed32"
-BEGIN, END = "<!-- sim2real:begin -->", "<!-- sim2real:end -->"
 FACES_PICTURE = REPO / "docs" / "synth_faces.png"
 
 
@@ -160,18 +160,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replace_between(path: Path, text: str) -> None:
-    """Put `text` between the sim2real markers of `path` (appended with them when absent)."""
-    current = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n## Synthetic to real\n\n" + block + "\n"
-    path.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
@@ -206,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 def write_docs(args: argparse.Namespace, results: dict[str, Any]) -> None:
     """The table into docs/benchmarks.md and the README, and the faces picture."""
     text = markdown(results)
-    replace_between(args.docs, text)
-    replace_between(args.readme, text)
+    replace_block(args.docs, text, name="sim2real", heading="Synthetic to real")
+    replace_block(args.readme, text, name="sim2real", heading="Synthetic to real")
     save_faces_picture(args.real, FACES_PICTURE)
 
 

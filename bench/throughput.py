@@ -23,7 +23,7 @@ import torch
 
 from bench import tutorial
 from bench.context import Context
-from bench.machine import achieved, forward_flops
+from bench.machine import achieved, forward_flops, matmul_peak_tflops
 from bench.timing import median, ratio, synchronize
 from bench.workspace import config_overrides, decoded_splits, tutorial_folder
 from speedsign.config import TrainConfig, resolve_config
@@ -63,6 +63,7 @@ class FastSide:
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.draw = torch.Generator().manual_seed(self.config.seed)
+        self.precision = resolve_precision("auto", self.device, img_size=self.config.img_size)  # as `train` picks
         self.epoch = 0
 
     def _pick(self, count: int) -> torch.Tensor:
@@ -88,8 +89,7 @@ class FastSide:
         _, _, seen = train_one_epoch(
             self.module, inputs, labels, config=self.config, features=self.features, optimizer=self.optimizer,
             scheduler=self.scheduler, per_step=self.per_step, order=order, generator=generator, device=self.device,
-            # what `speedsign train` uses
-            precision=resolve_precision("auto", self.device, img_size=self.config.img_size))
+            precision=self.precision)
         synchronize(self.device)
         return seen / (time.perf_counter() - started)
 
@@ -100,8 +100,15 @@ def measure(ctx: Context) -> dict[str, Any]:
     folder = tutorial_folder(index, ctx.work / "tutorial-data")
     workers = opts.tutorial_workers if opts.tutorial_workers is not None else tutorial.default_workers()
     loaders, sizes, _ = tutorial.make_dataloaders(folder, num_workers=workers, img_size=opts.tutorial_img_size)
+    # The peak each side could reach, measured here and now: fp32 for the tutorial, and the
+    # dtype that `speedsign train` picks (bf16 on a GPU or a CPU with native bf16).
+    fast_dtype = resolve_precision("auto", ctx.device, img_size=64)
+    peaks = {"fp32": matmul_peak_tflops(ctx.device, torch.float32)}
+    if fast_dtype == "bf16":
+        peaks["bf16"] = matmul_peak_tflops(ctx.device, torch.bfloat16)
+    ctx.log("matmul peak (TFLOP/s): " + ", ".join(f"{k} {v:.3g}" for k, v in peaks.items()))
     results: dict[str, Any] = {"tutorial_workers": workers, "tutorial_img_size": opts.tutorial_img_size,
-                               "approaches": {}}
+                               "matmul_peak_tflops": {k: round(v, 4) for k, v in peaks.items()}, "approaches": {}}
     decoded_cache: dict[tuple[int, str], tuple[dict, float]] = {}
     for approach in opts.approaches:
         fast_config = resolve_config(approach=approach, preset="fast",
@@ -141,14 +148,14 @@ def measure(ctx: Context) -> dict[str, Any]:
                      else "training steps on decoded tensors",
                      "decode_once_s": round(decode_s, 2), "decoded_images": len(decoded["files"])},
         }
-        entry.update(_flops(ctx, approach, tut.model, fast, entry))
+        entry.update(_flops(ctx, approach, tut.model, fast, entry, peaks=peaks))
         results["approaches"][approach] = entry
         del fast, tut
     return results
 
 
 def _flops(ctx: Context, approach: str, tutorial_model: torch.nn.Module, fast: FastSide,
-           entry: dict[str, Any]) -> dict[str, Any]:
+           entry: dict[str, Any], *, peaks: dict[str, float]) -> dict[str, Any]:
     """FLOPs per training image of each side (forward x3, or x1 when only the head learns)."""
     factor = 1 if approach == "frozen" else 3
     tut_flops = factor * forward_flops(tutorial_model, img_size=ctx.options.tutorial_img_size)
@@ -156,5 +163,7 @@ def _flops(ctx: Context, approach: str, tutorial_model: torch.nn.Module, fast: F
     if not all(map(math.isfinite, (entry["tutorial_median"], entry["fast_median"]))):
         return {}
     return {"flops_per_image": {"tutorial": tut_flops, "fast": fast_flops},
-            "achieved": {"tutorial": achieved(tut_flops, entry["tutorial_median"], ctx.device),
-                         "fast": achieved(fast_flops, entry["fast_median"], ctx.device)}}
+            "achieved": {"tutorial": achieved(tut_flops, entry["tutorial_median"], ctx.device,
+                                              peak_tflops=peaks["fp32"], peak_dtype="fp32"),
+                         "fast": achieved(fast_flops, entry["fast_median"], ctx.device,
+                                          peak_tflops=peaks[fast.precision], peak_dtype=fast.precision)}}

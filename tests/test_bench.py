@@ -64,6 +64,11 @@ def test_quick_bench_writes_the_json_contract(tmp_path: Path, synth_dir: Path, w
         assert run["epochs"] == 1 and run["curve"][0]["seconds"] > 0
         raw = data["throughput"]["approaches"][approach]
         assert len(raw["tutorial_images_per_s"]) == len(raw["fast_images_per_s"]) == 1
+        for side in ("tutorial", "fast"):  # achieved FLOP/s against the matmul peak measured in this run
+            share = raw["achieved"][side]
+            assert share["peak_dtype"] in data["throughput"]["matmul_peak_tflops"]
+            assert _positive(share["fraction_of_peak"]) and _positive(share["peak_tflops"])
+    assert _positive(data["throughput"]["matmul_peak_tflops"]["fp32"])
     assert data["mode"] == "quick" and data["command"].startswith("python -m bench --quick")
 
     printed = capsys.readouterr().out
@@ -188,3 +193,61 @@ def test_plot_falls_back_to_pillow(tmp_path: Path) -> None:
     assert set(frame["run"]) == {"finetune fast", "finetune tutorial"}
     path = tmp_path / "plot.png"
     assert report._pillow_plot(frame, path) and path.stat().st_size > 0
+
+
+def test_matmul_peak_is_a_positive_rate() -> None:
+    from bench.machine import achieved, matmul_peak_tflops
+
+    peak = matmul_peak_tflops(torch.device("cpu"), torch.float32, n=64, repeats=2)
+    assert _positive(peak)
+    share = achieved(1e9, 10.0, torch.device("cpu"), peak_tflops=0.1, peak_dtype="fp32")
+    assert share == {"tflops": 0.01, "fraction_of_peak": 0.1, "peak_tflops": 0.1, "peak_dtype": "fp32"}
+
+
+def test_efficiency_steps_give_the_same_flops_at_another_size() -> None:
+    from bench.efficiency import images_to, steps_for
+
+    assert steps_for(["--batch-size", "128"], images=60_000, reference_size=64) == 468  # 59,904 images
+    assert steps_for(["--img-size", "32"], images=60_000, reference_size=64) == 7500  # 4x the images, batch 32
+    assert steps_for(["--batch-size", "128", "--batch-size", "64"], images=60_000, reference_size=64) == 937
+    curve = [{"images": 100, "val_acc": 0.9}, {"images": 200, "val_acc": 0.96}, {"images": 300, "val_acc": 0.975}]
+    assert [images_to(curve, t) for t in (0.95, 0.97, 0.98)] == [200, 300, None]
+
+
+def test_efficiency_and_budget_tables_read_their_records(tmp_path: Path) -> None:
+    from bench import budgets, efficiency
+
+    machine = {"cpu": "X", "cpu_flags": ["avx2"], "cores": 2, "usable_cores": 2, "torch_threads": 2,
+               "memory_gb": 4, "gpu": None, "device": "cpu", "torch": "2", "load_average": None}
+    levers = {"scratch seed 1": {"machine": machine, "approach": "scratch", "seed": 1, "extra": "",
+                                 "images_budget": 60_000, "levers": {
+                                     "baseline": {"flags": [], "images": 59_904, "final_val_acc": 0.965,
+                                                  "images_to": {"0.95": 59_904, "0.97": None, "0.98": None},
+                                                  "wall_s": 1015.3,
+                                                  "curve": [{"images_per_s": 60.0, "seconds": 1001.2}]},
+                                     "ema": {"flags": ["--ema", "0.99"], "error": ["boom"]}}}}
+    table = efficiency.markdown(levers)
+    assert "| baseline | `(fast preset)` | 59,904 | 96.50% | 59,904 | not reached | not reached | 1001 | 60 |" in table
+    assert "| ema | `--ema 0.99` | failed: ['boom']" in table and "X [avx2]" in table
+    rows = [{"budget_s": 600.0, "command": "-m speedsign train --budget 600", "wall_s": 590.2, "within": True,
+             "plan": {"img_size": 48, "steps": 900, "planned_s": 575.0}, "steps_run": 900, "images": 115_200,
+             "last_val_acc": 0.981, "best_val_acc": 0.982},
+            {"budget_s": 300.0, "command": "-m speedsign train --budget 300", "wall_s": 3.0, "error": "bad"}]
+    table = budgets.markdown({"scratch, avx2": {"machine": machine, "avx2_only": False, "rows": rows}})
+    assert "| 10 min | 590 | yes | 48 px | 900 / 900 | 115,200 | 98.10% | 98.20% | 575 |" in table
+    assert "| 5 min | 3.0 | failed: bad" in table
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("intro\n")
+    report.replace_block(docs, "first", name="budgets", heading="Time budgets")
+    report.replace_block(docs, "second", name="budgets", heading="Time budgets")
+    assert docs.read_text() == "intro\n\n## Time budgets\n\n<!-- budgets:begin -->\nsecond\n<!-- budgets:end -->\n"
+
+
+def test_bench_docs_keep_the_sections_other_benches_wrote(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# old\n\n## README table\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n")
+    report.replace_block(docs, "92.1%", name="sim2real", heading="Synthetic to real")
+    report.replace_block(docs, "10 min: 98%", name="budgets", heading="Time budgets")
+    kept = report.kept_sections(docs.read_text())
+    assert kept == ["## Synthetic to real\n\n<!-- sim2real:begin -->\n92.1%\n<!-- sim2real:end -->",
+                    "## Time budgets\n\n<!-- budgets:begin -->\n10 min: 98%\n<!-- budgets:end -->"]
