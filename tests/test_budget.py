@@ -166,9 +166,9 @@ def test_a_budgeted_run_ends_within_its_budget_and_records_its_plan(synth_dir: P
 def test_an_optimistic_plan_still_stops_at_the_budget(synth_dir: Path, tmp_path: Path, one_thread: None,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    # A machine that slowed down after timing: the plan expects 1000x faster steps than it gets.
-    real = budget.time_step
-    monkeypatch.setattr(job, "time_step", lambda *a, **k: real(*a, **k) / 1000)
+    # A machine that slowed down after timing: the plan asks for every step of 2000 epochs, far
+    # more than 20 s hold on any CPU, and believes they take a second.
+    monkeypatch.setattr(job, "plan_steps", lambda **k: (k["max_steps"], k["elapsed_s"] + 1.0))
     started = time.monotonic()
     result = train_run(budgeted(synth_dir, tmp_path, 20, epochs=2000))
     assert result.state == "done" and time.monotonic() - started <= 20
