@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from speedsign import evaluation, plots, run_views, ui
+from speedsign import calibration, evaluation, plots, run_views, ui
 from speedsign.errors import UserError
 from speedsign.runs import RunInfo, inspect_run
 
@@ -18,9 +18,12 @@ def test_split(run_dir: str, stamp: int, data_dir: str, fingerprint: str) -> eva
 
 
 def evaluate(info: RunInfo, split: str) -> evaluation.Evaluation:
-    """The run's saved val predictions, or its model on the data folder's test split."""
+    """The run's saved val or test predictions, or (runs of older versions) its model on the data
+    folder's test split."""
     if split == "val":
         return evaluation.val_evaluation(info)
+    if info.folder.predictions_test.is_file():
+        return evaluation.test_evaluation(info)
     index = evaluation.index_for_test(info)
     return test_split(str(info.run_dir), run_views.mtime_ns(info.folder.best), str(index.root), index.fingerprint)
 
@@ -75,7 +78,15 @@ def evaluation_panel(info: RunInfo, split: str, *, key: str) -> None:
     else:
         st.dataframe(tables.confused, hide_index=True)
     st.subheader("Calibration")
-    st.plotly_chart(plots.reliability_diagram(tables.reliability, ece=tables.ece), key=f"{key}-reliability")
+    temperature, problem = calibration.temperature_and_problem(info.run_dir)
+    if problem:
+        st.warning(ui.md(f"{info.run_id}: {problem}"))
+    scaled = evaluation.evaluation_tables(evaluation.calibrated(result, temperature))
+    st.caption(f"Before and after temperature scaling fitted on val (T = {temperature:.2f}); Classify and "
+               "`predict` show the calibrated confidences.")
+    left, right = st.columns(2)
+    left.plotly_chart(plots.reliability_diagram(tables.reliability, ece=tables.ece), key=f"{key}-reliability")
+    right.plotly_chart(plots.reliability_diagram(scaled.reliability, ece=scaled.ece), key=f"{key}-reliability-t")
     st.subheader("Misclassified images")
     gallery(result)
 

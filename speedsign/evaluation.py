@@ -1,9 +1,11 @@
-"""A run's evaluation: its saved val predictions or a fresh test split, as tables and mistakes.
+"""A run's evaluation: its saved val or test predictions (or a fresh test split), as tables and mistakes.
 
-`read_predictions` is the one reader of a run's val predictions (the Evaluation page and
+`read_predictions` is the one reader of a run's stored predictions (the Evaluation page and
 `compare` both use it); the numbers come from `metrics.evaluation_report`, computed in one
-place. Everything returns plain values and raises `UserError` for a damaged or missing
-file; nothing imports Streamlit.
+place. Stored predictions are raw (temperature 1); `calibrated` gives the same evaluation
+with the run's fitted temperature applied, for the before/after of calibration. Everything
+returns plain values and raises `UserError` for a damaged or missing file; nothing imports
+Streamlit.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from speedsign import metrics
+from speedsign.calibration import apply_temperature
 from speedsign.data import DatasetIndex, scan_dataset
 from speedsign.errors import UserError
 from speedsign.run_views import run_data_dir
@@ -102,8 +105,32 @@ def val_evaluation(info: RunInfo) -> Evaluation:
                       run_data_dir(info), report_of(saved.probs, saved.labels, saved.classes))
 
 
+def test_evaluation(info: RunInfo) -> Evaluation:
+    """The run's stored test predictions (written by the job when its data had test/), checked."""
+    path = info.folder.predictions_test
+    if not path.is_file():
+        raise UserError(f"run {info.run_id} has no {RunDir.PREDICTIONS_TEST} (its data had no test/, or it was "
+                        "trained before test splits were stored)")
+    try:
+        saved = read_predictions(path)
+    except UserError as error:
+        raise UserError(f"run {info.run_id}: {error}") from None
+    return Evaluation(info.run_id, "test", saved.classes, saved.probs, saved.labels, saved.files,
+                      run_data_dir(info), report_of(saved.probs, saved.labels, saved.classes))
+
+
+def calibrated(evaluation: Evaluation, temperature: float) -> Evaluation:
+    """The same predictions with the logits divided by `temperature` (the run's fitted one,
+    `calibration.read_temperature`), and their report: accuracy unchanged, ECE and NLL not."""
+    probs = apply_temperature(evaluation.probs, temperature)
+    return Evaluation(evaluation.run_id, evaluation.split, evaluation.classes, probs, evaluation.labels,
+                      evaluation.files, evaluation.data_dir, report_of(probs, evaluation.labels, evaluation.classes))
+
+
 def split_choices(info: RunInfo) -> list[str]:
-    """val always; test when the run's data folder has test/."""
+    """val always; test when the run stored test predictions or its data folder has test/."""
+    if info.folder.predictions_test.is_file():
+        return ["val", "test"]
     data_dir = run_data_dir(info)
     return ["val", "test"] if data_dir is not None and (data_dir / "test").is_dir() else ["val"]
 
@@ -117,11 +144,15 @@ def index_for_test(info: RunInfo) -> DatasetIndex:
 
 
 def evaluate_test(info: RunInfo, predictor: Any) -> Evaluation:
-    """The run's best model on its data folder's test split (a forward over every test image)."""
+    """The run's test predictions: the stored ones when the job wrote them (`test_evaluation`),
+    else, for an older run, its best model on the data folder's test split (a forward over every
+    test image). Raw probabilities either way, as stored for val."""
     from speedsign.predict import evaluate_split
 
+    if info.folder.predictions_test.is_file():
+        return test_evaluation(info)
     index = index_for_test(info)
-    report, probs, labels = evaluate_split(predictor, index.root, split="test")
+    report, probs, labels = evaluate_split(predictor, index.root, split="test", calibrated=False)
     return Evaluation(info.run_id, str(report.get("split", "test")), tuple(report["classes"]),
                       np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.int64),
                       tuple(report.get("files", ())), run_data_dir(info), report)

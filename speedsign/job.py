@@ -39,6 +39,7 @@ from speedsign.budget import (
     time_evaluation,
     time_step,
 )
+from speedsign.calibration import calibrate_run
 from speedsign.config import TrainConfig, config_from_dict, validate_config
 from speedsign.data import DatasetIndex, load_decoded, scan_dataset, select_splits
 from speedsign.errors import UserError
@@ -171,6 +172,15 @@ class Inputs:
     val_labels: torch.Tensor
     val_files: tuple[str, ...]
     features: bool
+    # The data folder's test/, kept on the CPU: scored once by the best model after training,
+    # never seen by training or the choice of checkpoint. None when the data has no test split.
+    test: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    test_files: tuple[str, ...] = ()
+
+    @property
+    def n_test(self) -> int:
+        return 0 if self.test_labels is None else int(self.test_labels.shape[0])
 
 
 # ---------------------------------------------------------------- planning
@@ -473,8 +483,10 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     evaluated_module = evaluated.fc if inputs.features else evaluated
     # Past this, the run stops training and finishes (an overrun guard; the plan aims earlier). What
     # is left after it: an evaluation and checkpoint, the saved predictions, and the process's exit,
-    # each slower than timed when the machine got busier; hence twice the evaluation.
+    # each slower than timed when the machine got busier; hence twice the evaluation. Then the
+    # test split's scoring, when the data has one.
     hard_stop = None if budget is None else (budget_start + budget.budget_s - 2 * budget.eval_s
+                                             - reserve_for_test(budget.eval_s, inputs)
                                              - safety_seconds(budget.budget_s))
     if status is not None:
         status.update(phase="training", step=0, precision=precision)
@@ -530,7 +542,7 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
 
     seconds = earlier_seconds + time.perf_counter() - started
     if ctx.is_main:
-        save_val_predictions(folder, inputs, classes=classes, config=config, device=device)
+        save_predictions(folder, inputs, classes=classes, config=config, device=device)
         status.update(state="done", phase=None, finished=now_iso(), seconds=round(seconds, 2),
                       epoch=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
                       steps_run=state.steps_run)
@@ -573,14 +585,24 @@ def plan_budget(model: nn.Module, *, config: TrainConfig, inputs: Inputs, device
                                                   device=device, precision=precision, img_size=config.img_size,
                                                   n_images=int(inputs.val_labels.shape[0]))
     elapsed_s = time.monotonic() - budget_start
-    check_fits(budget_s=config.budget, elapsed_s=elapsed_s, step_s=step_s, eval_s=eval_s)
+    # The test split's one scoring after training is part of the command: reserved like start-up.
+    reserved_s = elapsed_s + reserve_for_test(eval_s, inputs)
+    check_fits(budget_s=config.budget, elapsed_s=reserved_s, step_s=step_s, eval_s=eval_s)
     max_steps = config.epochs * steps_per_epoch  # a budget never trains longer than the preset
-    steps, planned = plan_steps(budget_s=config.budget, elapsed_s=elapsed_s, step_s=step_s, eval_s=eval_s,
+    steps, planned = plan_steps(budget_s=config.budget, elapsed_s=reserved_s, step_s=step_s, eval_s=eval_s,
                                 steps_per_epoch=steps_per_epoch, max_steps=max_steps)
     return BudgetPlan(budget_s=config.budget, machine=machine_key(device_name), img_size=config.img_size,
                       steps=steps, steps_per_epoch=steps_per_epoch, step_s=round(step_s, 5),
                       eval_s=round(eval_s, 3), elapsed_s=round(elapsed_s, 2), planned_s=round(planned, 2),
                       sizes={str(k): round(v, 5) for k, v in sizes.items()})
+
+
+def reserve_for_test(eval_s: float, inputs: Inputs) -> float:
+    """The test split's scoring, estimated from one val evaluation's seconds (`eval_s`) by image count."""
+    if not inputs.n_test:
+        return 0.0
+    per_image = max(0.0, eval_s - CHECKPOINT_SECONDS) / max(1, int(inputs.val_labels.shape[0]))
+    return CHECKPOINT_SECONDS + per_image * inputs.n_test
 
 
 def read_budget(folder: RunDir) -> BudgetPlan | None:
@@ -613,9 +635,14 @@ def load_inputs(plan: RunPlan, model: nn.Module, *, config: TrainConfig, device:
         raise UserError("the val split is empty: add images to val/, or use more groups per class")
     if len(train_split) < 1:
         raise UserError("the training split is empty (all files unreadable?)")
-    # On a GPU the whole (small) data set lives on the device: no copies per step.
+    test_split = splits.get("test")
+    test = test_split if test_split is not None and len(test_split) else None
+    # On a GPU the whole (small) data set lives on the device: no copies per step. The test
+    # split stays on the CPU: it is scored once, at the end.
     return Inputs(train_split.images.to(device), train_split.labels.to(device), val_split.images.to(device),
-                  val_split.labels.to(device), tuple(val_split.files), features)
+                  val_split.labels.to(device), tuple(val_split.files), features,
+                  test=None if test is None else test.images, test_labels=None if test is None else test.labels,
+                  test_files=() if test is None else tuple(test.files))
 
 
 def cached_features(plan: RunPlan, decoded: dict, model: nn.Module, *, config: TrainConfig,
@@ -666,19 +693,37 @@ def load_resume(folder: RunDir) -> dict[str, Any] | None:
     return payload
 
 
-def save_val_predictions(folder: RunDir, inputs: Inputs, *, classes: tuple[str, ...], config: TrainConfig,
-                         device: torch.device) -> None:
-    """Probabilities of the best model on the val split, and its evaluation report."""
+def save_predictions(folder: RunDir, inputs: Inputs, *, classes: tuple[str, ...], config: TrainConfig,
+                     device: torch.device) -> None:
+    """The best model's raw (T = 1) probabilities and report on val, the temperature fitted on
+    them (calibration.json), and, when the data has test/, the same probabilities and report on test."""
     best = torch.load(folder.best, map_location="cpu", weights_only=True)
     model = build_untrained(config.approach, num_classes=len(classes))
     model.load_state_dict(best["model"])
     model.to(device)
     module = model.fc if inputs.features else model.to(memory_format=torch.channels_last)
-    _, _, probs = evaluate(module, inputs.val, inputs.val_labels, config=config, features=inputs.features,
-                           device=device)
-    labels = inputs.val_labels.cpu().numpy()
+    splits = [(inputs.val, inputs.val_labels, inputs.val_files, folder.predictions, folder.evaluation)]
+    if inputs.test is not None and inputs.test_labels is not None:
+        splits.append((inputs.test, inputs.test_labels, inputs.test_files, folder.predictions_test,
+                       folder.evaluation_test))
+    for images, labels, files, predictions_path, evaluation_path in splits:
+        _, _, probs = evaluate(module, images, labels, config=config, features=inputs.features, device=device)
+        write_predictions(probs, labels.cpu().numpy(), files=files, classes=classes,
+                          predictions_path=predictions_path, evaluation_path=evaluation_path)
+        if predictions_path == folder.predictions:
+            # Fitted on what was just stored, so a later `calibrate_run` gives the same number.
+            calibration = calibrate_run(folder.path)
+            log(f"calibration: temperature {calibration.temperature:.3f}, val NLL {calibration.nll_before:.4f} -> "
+                f"{calibration.nll_after:.4f}, ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f}")
+    if inputs.test is not None:
+        log(f"scored the best model on {inputs.n_test} test images ({RunDir.EVALUATION_TEST})")
+
+
+def write_predictions(probs: np.ndarray, labels: np.ndarray, *, files: tuple[str, ...], classes: tuple[str, ...],
+                      predictions_path: Path, evaluation_path: Path) -> None:
+    """One split's predictions file (probs, labels, files, classes) and its evaluation report."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, probs=probs.astype(np.float32), labels=labels.astype(np.int64),
-                        files=np.array(inputs.val_files, dtype=str), classes=np.array(classes, dtype=str))
-    atomic_write_bytes(buffer.getvalue(), folder.predictions)
-    atomic_write_json(evaluation_report(probs, labels, class_names=classes), folder.evaluation)
+                        files=np.array(files, dtype=str), classes=np.array(classes, dtype=str))
+    atomic_write_bytes(buffer.getvalue(), predictions_path)
+    atomic_write_json(evaluation_report(probs, labels, class_names=classes), evaluation_path)

@@ -1,7 +1,9 @@
 """Predictor: a run's best model, the val preprocessing, top-k answers for any image.
 
 An uploaded photo goes through exactly what the val split went through: safe decoding and
-resizing (`images.load_image_tensor`), then `augment.prepare_batch(train=False)`.
+resizing (`images.load_image_tensor`), then `augment.prepare_batch(train=False)`. The
+probabilities are calibrated: the logits are divided by the temperature the job fitted on
+val (calibration.json; 1 for a run without one), so a shown 90% is right about 90% of the time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from speedsign.augment import prepare_batch
+from speedsign.calibration import temperature_and_problem
 from speedsign.config import EVAL_SPLITS, TrainConfig, config_from_dict
 from speedsign.errors import UserError
 from speedsign.images import ImageError, load_image_tensor
@@ -73,6 +76,8 @@ class Predictor:
             raise UserError(f"{self.checkpoint} does not fit its config: "
                             f"{str(error).splitlines()[0]}") from error
         self.model.eval().to(self.device)
+        # Read once with the model: a damaged calibration.json means T = 1 and a note, never a failure.
+        self.temperature, self.calibration_problem = temperature_and_problem(self.run_dir)
         # One forward at a time per model: PyTorch modules are not documented thread-safe,
         # and on 2 cores parallel forwards would only fight over the same threads.
         self._lock = threading.Lock()
@@ -92,11 +97,16 @@ class Predictor:
         """Decode and resize exactly as the data set was (raises ImageError on bad input)."""
         return load_image_tensor(source, size=self.config.stored_size, resize=self.config.resize)
 
-    def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        """Softmax over classes for a uint8 batch (N, 3, S, S)."""
+    def probabilities(self, images: torch.Tensor, *, calibrated: bool = True) -> np.ndarray:
+        """Softmax over classes for a uint8 batch (N, 3, S, S): of logits / temperature, or
+        with `calibrated=False` of the raw logits (what the run's stored predictions hold)."""
         batch = prepare_batch(images.to(self.device), config=self.config, train=False)
+        temperature = self.temperature if calibrated else 1.0
         with self._lock, torch.inference_mode():
-            return torch.softmax(self.model(batch).float(), 1).cpu().numpy()
+            logits = self.model(batch).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            return torch.softmax(logits, 1).cpu().numpy()
 
     def predict(self, source: bytes | str | Path, *, top: int = 3) -> Prediction:
         """Top-k for one image: bytes of an upload, or a path."""
@@ -135,14 +145,16 @@ def merge_splits(index: Any) -> Any:
     return replace(index, splits={"all": tuple(s for samples in index.splits.values() for s in samples)})
 
 
-def evaluate_split(predictor: Predictor, data_dir: Path | str, *, split: str = "val",
-                   batch_size: int = 256) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def evaluate_split(predictor: Predictor, data_dir: Path | str, *, split: str = "val", batch_size: int = 256,
+                   calibrated: bool = True) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """A run's best model on a data folder's split; classes are matched to the run's by name.
 
     The val split is drawn as the run drew it (same val_fraction and seed). A folder that
     holds only test/ is fine for split="test"; split="all" scores every image of the folder,
     whatever its split (a data set the run never trained on, such as real photos for a model
-    trained on synthetic signs). Returns the report, probabilities and labels.
+    trained on synthetic signs). The probabilities are calibrated (the run's temperature, named
+    in the report) unless `calibrated=False`; accuracy is the same either way. Returns the
+    report, probabilities and labels.
     """
     from speedsign.data import load_split_tensors, scan_dataset
     from speedsign.metrics import evaluation_report
@@ -163,8 +175,10 @@ def evaluate_split(predictor: Predictor, data_dir: Path | str, *, split: str = "
     # Data labels index the folder's classes; the model's index the run's.
     remap = torch.tensor([predictor.classes.index(name) for name in index.classes], dtype=torch.int64)
     labels = remap[tensors.labels].numpy() if len(tensors) else np.zeros(0, dtype=np.int64)
-    chunks = [predictor.probabilities(tensors.images[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    chunks = [predictor.probabilities(tensors.images[i:i + batch_size], calibrated=calibrated)
+              for i in range(0, len(tensors), batch_size)]
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(predictor.classes)), dtype=np.float32)
     report = evaluation_report(probs, labels, class_names=predictor.classes)
-    report.update({"split": split, "files": list(tensors.files), "unreadable": list(tensors.unreadable)})
+    report.update({"split": split, "files": list(tensors.files), "unreadable": list(tensors.unreadable),
+                   "temperature": predictor.temperature if calibrated else 1.0})
     return report, probs, labels

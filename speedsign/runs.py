@@ -1,7 +1,8 @@
 """The run store: typed run folders (`RunDir`), their status (`RunStatus`), run ids, listing.
 
 Layout (the contract in the README, "Run store"): config.json, status.json, metrics.jsonl,
-best.pt, last.pt, predictions_val.npz, eval_val.json, log.txt, and the cancel marker and
+best.pt, last.pt, predictions_val.npz, eval_val.json, calibration.json, predictions_test.npz and
+eval_test.json (when the data has test/), log.txt, and the cancel marker and
 lock of a live job. `RunDir` is the one place that spells those names. One process (the
 job) writes a run; everything else only reads, and reads without trusting: damage comes
 back as a value (`RunStatus.damaged`, `RunInfo.damaged`), never as an exception.
@@ -49,12 +50,16 @@ class RunDir:
     LAST = "last.pt"
     PREDICTIONS = "predictions_val.npz"
     EVALUATION = "eval_val.json"
+    PREDICTIONS_TEST = "predictions_test.npz"  # the best model on the data folder's test/, when it has one
+    EVALUATION_TEST = "eval_test.json"
+    CALIBRATION = "calibration.json"  # the temperature fitted on val (speedsign.calibration)
     BUDGET = "budget.json"  # what a time budget planned (speedsign.budget.BudgetPlan)
     LOG = "log.txt"
     CANCEL = "cancel.request"
     LOCK = ".lock"
     # What a training writes (and `--force` forgets); config and status stay.
-    OUTPUTS: tuple[str, ...] = (METRICS, BEST, LAST, PREDICTIONS, EVALUATION, BUDGET)
+    OUTPUTS: tuple[str, ...] = (METRICS, BEST, LAST, PREDICTIONS, EVALUATION, PREDICTIONS_TEST, EVALUATION_TEST,
+                                CALIBRATION, BUDGET)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -90,6 +95,18 @@ class RunDir:
     @property
     def evaluation(self) -> Path:
         return self.path / self.EVALUATION
+
+    @property
+    def predictions_test(self) -> Path:
+        return self.path / self.PREDICTIONS_TEST
+
+    @property
+    def evaluation_test(self) -> Path:
+        return self.path / self.EVALUATION_TEST
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / self.CALIBRATION
 
     @property
     def budget(self) -> Path:

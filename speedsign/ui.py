@@ -269,8 +269,11 @@ def _predictor(run_dir: str, stamp: int) -> Any:
 def predictor(run_dir: Path | str) -> Any:
     """A run's best model, loaded once per process and shared by every session (thread-safe).
 
-    Keyed by the best checkpoint's mtime: a retrained run (--force) gets its new weights."""
-    return _predictor(str(run_dir), run_views.mtime_ns(RunDir(run_dir).best))
+    Keyed by the best checkpoint's and the calibration's mtimes: a retrained run (--force) gets
+    its new weights, and a refitted temperature is used at once."""
+    folder = RunDir(run_dir)
+    calibrated = folder.calibration.stat().st_mtime_ns if folder.calibration.is_file() else 0
+    return _predictor(str(run_dir), run_views.mtime_ns(folder.best) + calibrated)
 
 
 def damaged_note(runs: Sequence[RunInfo]) -> None:

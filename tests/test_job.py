@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -12,10 +13,23 @@ import numpy as np
 import pytest
 import torch
 
+from speedsign import evaluation
+from speedsign.calibration import read_calibration
 from speedsign.config import resolve_config
 from speedsign.errors import UserError
-from speedsign.job import TrainRequest, launched_at, load_resume, plan_run, read_request, train_run
+from speedsign.job import (
+    Inputs,
+    TrainRequest,
+    launched_at,
+    load_resume,
+    plan_run,
+    read_request,
+    reserve_for_test,
+    train_run,
+)
 from speedsign.locks import run_lock
+from speedsign.metrics import evaluation_report
+from speedsign.predict import Predictor
 from speedsign.runs import (
     FORMAT_VERSION,
     RunDir,
@@ -28,7 +42,7 @@ from speedsign.runs import (
 )
 from speedsign.storage import atomic_write_json, read_json
 
-from conftest import APPROACHES, tiny_overrides
+from conftest import APPROACHES, tiny_overrides, training_in_process
 
 
 @pytest.mark.parametrize("approach", APPROACHES)
@@ -52,6 +66,11 @@ def test_a_finished_run_folder_holds_every_contract_file(approach: str, runs_wit
     assert predictions["probs"].shape == (len(predictions["labels"]), 9)
     assert np.allclose(predictions["probs"].sum(1), 1, atol=1e-4)
     assert (run_dir / "log.txt").exists() or True  # log.txt is written by background jobs
+    calibration, problem = read_calibration(run_dir)  # the temperature fitted on val
+    assert problem is None and calibration is not None and calibration.n == len(predictions["labels"])
+    assert calibration.nll_after <= calibration.nll_before
+    assert not (run_dir / "predictions_test.npz").exists()  # the synthetic set has no test/
+    assert not (run_dir / "eval_test.json").exists()
     info = inspect_run(run_dir)
     assert info.damaged is None and info.config == meta  # RunInfo.config is config.json as stored
     assert isinstance(info.status, RunStatus) and info.status.state == "done" and info.status.epoch == 2
@@ -99,6 +118,93 @@ def test_training_on_a_memory_mapped_data_set_completes(synth_dir: Path, tmp_pat
     config = resolve_config(approach="scratch", overrides={**tiny_overrides("scratch", weights_file), "epochs": 1})
     result = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path / "runs", device="cpu"))
     assert result.state == "done" and len(read_metrics(result.run_dir)[0]) == 1
+
+
+# ---------------------------------------------------------------- a data set with test/
+
+TEST_CLASSES = ("speed_30", "speed_50")
+
+
+@pytest.fixture(scope="module")
+def runs_with_test(tmp_path_factory: pytest.TempPathFactory, weights_file: Path) -> dict[str, Path]:
+    """Tiny one-epoch runs on one data set without and with a test/ split of two classes:
+    {"plain": scratch without test/, "scratch": with it, "frozen": with it}."""
+    from speedsign.synth import render_dataset
+
+    os.environ.setdefault("SPEEDSIGN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    base = tmp_path_factory.mktemp("with-test")
+    plain, extra = base / "plain", base / "extra"
+    render_dataset(plain, per_class=6, frames_per_track=2, size=16, seed=2)
+    render_dataset(extra, per_class=2, frames_per_track=2, size=16, seed=5)  # images training never sees
+    with_test = base / "with_test"
+    shutil.copytree(plain, with_test)
+    for name in TEST_CLASSES:
+        shutil.copytree(extra / "train" / name, with_test / "test" / name)
+    runs: dict[str, Path] = {}
+    with training_in_process():
+        for key, approach, data in (("plain", "scratch", plain), ("scratch", "scratch", with_test),
+                                    ("frozen", "frozen", with_test)):
+            overrides = {**tiny_overrides(approach, weights_file), "epochs": 1}
+            config = resolve_config(approach=approach, overrides=overrides)
+            result = train_run(TrainRequest(config=config, data_dir=data, runs_dir=base / "runs", device="cpu"))
+            assert result.state == "done", result
+            runs[key] = result.run_dir
+    return runs
+
+
+@pytest.mark.parametrize("approach", ["scratch", "frozen"])
+def test_a_data_set_with_test_gets_its_test_split_scored_and_stored(approach: str,
+                                                                    runs_with_test: dict[str, Path]) -> None:
+    run_dir = runs_with_test[approach]
+    folder = RunDir(run_dir)
+    saved = np.load(folder.predictions_test)
+    classes = [str(c) for c in saved["classes"]]
+    assert classes == json.loads(folder.config.read_text())["classes"]
+    assert saved["probs"].shape == (4, 9) and np.allclose(saved["probs"].sum(1), 1, atol=1e-4)
+    assert {classes[i] for i in saved["labels"]} == set(TEST_CLASSES)  # the run's indices of the test classes
+    assert all(str(f).startswith("test/") for f in saved["files"])
+    report = read_json(folder.evaluation_test)
+    assert report == json.loads(json.dumps(evaluation_report(saved["probs"], saved["labels"], class_names=classes)))
+    assert set(report) == set(read_json(folder.evaluation))  # the format of eval_val.json
+    assert folder.calibration.is_file() and read_calibration(run_dir)[1] is None
+    # What the pages and the study read: the stored file, without any forward (no predictor).
+    info = inspect_run(run_dir)
+    stored = evaluation.test_evaluation(info)
+    assert stored.split == "test" and stored.report["n"] == 4 and stored.files == tuple(map(str, saved["files"]))
+    assert evaluation.evaluate_test(info, None).report == stored.report
+    assert evaluation.split_choices(info) == ["val", "test"]
+    # The on-demand path of older runs gives the same raw numbers.
+    older = run_dir.parent / "older" / run_dir.name
+    older.mkdir(parents=True, exist_ok=True)
+    for name in (RunDir.CONFIG, RunDir.STATUS, RunDir.BEST):  # no predictions_test.npz
+        shutil.copy(run_dir / name, older / name)
+    fresh = evaluation.evaluate_test(inspect_run(older), Predictor(older))
+    assert np.allclose(fresh.probs, stored.probs, atol=1e-4) and fresh.report["accuracy"] == report["accuracy"]
+
+
+def test_the_test_split_plays_no_part_in_training(runs_with_test: dict[str, Path]) -> None:
+    plain, with_test = runs_with_test["plain"], runs_with_test["scratch"]
+    assert plain.name != with_test.name  # other data, another run
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    rows = [[{k: row[k] for k in keys} for row in read_metrics(run)[0]] for run in (plain, with_test)]
+    assert rows[1] == [pytest.approx(row, rel=1e-6) for row in rows[0]]
+    val = [np.load(RunDir(run).predictions) for run in (plain, with_test)]
+    assert list(val[0]["files"]) == list(val[1]["files"])
+    np.testing.assert_allclose(val[1]["probs"], val[0]["probs"], rtol=1e-5, atol=1e-6)
+    assert not any(str(f).startswith("test/") for f in val[1]["files"])
+
+
+def test_a_budget_reserves_the_test_scoring_by_image_count() -> None:
+    def inputs(n_val: int, n_test: int | None) -> Inputs:
+        empty = torch.zeros(0)
+        test = None if n_test is None else torch.zeros(n_test, dtype=torch.int64)
+        return Inputs(empty, empty, empty, torch.zeros(n_val, dtype=torch.int64), (), False,
+                      test=test, test_labels=test)
+
+    from speedsign.budget import CHECKPOINT_SECONDS
+
+    assert reserve_for_test(5.0, inputs(10, None)) == 0.0
+    assert reserve_for_test(CHECKPOINT_SECONDS + 2.0, inputs(10, 20)) == pytest.approx(CHECKPOINT_SECONDS + 4.0)
 
 
 # ---------------------------------------------------------------- the job's pieces

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from speedsign.calibration import Calibration, apply_temperature, read_temperature
 from speedsign.errors import UserError
 from speedsign.predict import Predictor, evaluate_split, predict_files
+from speedsign.runs import RunDir
 
 from conftest import APPROACHES
 
@@ -23,11 +26,14 @@ def test_predictor_gives_the_val_split_probabilities_for_the_val_files(approach:
                                                                        synth_dir: Path) -> None:
     run_dir = runs_with_results[approach]
     predictor = Predictor(run_dir)
-    saved = np.load(run_dir / "predictions_val.npz")
+    assert predictor.temperature == read_temperature(run_dir) and predictor.calibration_problem is None
+    saved = np.load(run_dir / "predictions_val.npz")  # raw: the temperature is fitted on them
+    calibrated = apply_temperature(saved["probs"], predictor.temperature)
     for row in range(3):
         file = str(saved["files"][row])
-        probs = predictor.probabilities(predictor.load_tensor(synth_dir / file).unsqueeze(0))[0]
-        assert np.allclose(probs, saved["probs"][row], atol=1e-4), file
+        image = predictor.load_tensor(synth_dir / file).unsqueeze(0)
+        assert np.allclose(predictor.probabilities(image, calibrated=False)[0], saved["probs"][row], atol=1e-4), file
+        assert np.allclose(predictor.probabilities(image)[0], calibrated[row], atol=1e-4), file
 
 
 @pytest.mark.parametrize("approach", APPROACHES)
@@ -58,10 +64,49 @@ def test_predict_files_turns_bad_files_into_error_entries(runs_with_results: dic
 
 def test_evaluate_val_matches_the_saved_report(runs_with_results: dict[str, Path], synth_dir: Path) -> None:
     run_dir = runs_with_results["scratch"]
-    report, probs, labels = evaluate_split(Predictor(run_dir), synth_dir, split="val")
-    saved = json.loads((run_dir / "eval_val.json").read_text())
+    predictor = Predictor(run_dir)
+    report, probs, labels = evaluate_split(predictor, synth_dir, split="val")
+    saved = json.loads((run_dir / "eval_val.json").read_text())  # of the raw probabilities
     assert report["n"] == saved["n"] and report["accuracy"] == pytest.approx(saved["accuracy"])
-    assert probs.shape == (report["n"], 9)
+    assert probs.shape == (report["n"], 9) and report["temperature"] == predictor.temperature
+    raw, raw_probs, _ = evaluate_split(predictor, synth_dir, split="val", calibrated=False)
+    assert raw["ece"] == pytest.approx(saved["ece"], abs=1e-4) and raw["temperature"] == 1.0
+    assert np.array_equal(raw_probs.argmax(1), probs.argmax(1))
+
+
+def stored_temperature(run_dir: Path, temperature: float) -> None:
+    calibration = Calibration(temperature=temperature, n=1, nll_before=1.0, nll_after=1.0, ece_before=0.0,
+                              ece_after=0.0)
+    (run_dir / RunDir.CALIBRATION).write_text(json.dumps(calibration.to_json()))
+
+
+def test_predictor_applies_the_stored_temperature(runs_with_results: dict[str, Path], synth_dir: Path,
+                                                  tmp_path: Path, one_thread: None) -> None:
+    run_dir = tmp_path / "scratch-20990101-temperature"
+    run_dir.mkdir()
+    for name in (RunDir.BEST, RunDir.CONFIG):  # what a Predictor reads, besides calibration.json
+        shutil.copy(runs_with_results["scratch"] / name, run_dir / name)
+    images = torch.stack([Predictor(run_dir).load_tensor(path) for path in
+                          sorted((synth_dir / "train" / "speed_50").iterdir())[:4]])
+    for temperature in (0.25, 4.0):
+        stored_temperature(run_dir, temperature)
+        predictor = Predictor(run_dir)
+        assert predictor.temperature == temperature and predictor.calibration_problem is None
+        raw, calibrated = predictor.probabilities(images, calibrated=False), predictor.probabilities(images)
+        assert not np.allclose(raw, calibrated, atol=1e-3)
+        assert np.array_equal(raw.argmax(1), calibrated.argmax(1)) and np.allclose(calibrated.sum(1), 1, atol=1e-5)
+        assert np.allclose(calibrated, apply_temperature(raw, temperature), atol=1e-5)
+        sharper = calibrated.max(1) > raw.max(1)
+        assert sharper.all() if temperature < 1 else not sharper.any()
+        top = predictor.predict_tensor(images[0], top=1)
+        assert top.probs[0] == pytest.approx(float(calibrated[0].max()), abs=1e-5)
+    (run_dir / RunDir.CALIBRATION).write_text('{"temperature": "os.system(1)"}')  # damaged: T = 1, and said
+    predictor = Predictor(run_dir)
+    assert predictor.temperature == 1.0 and "calibration.json" in (predictor.calibration_problem or "")
+    assert np.allclose(predictor.probabilities(images), predictor.probabilities(images, calibrated=False))
+    (run_dir / RunDir.CALIBRATION).unlink()  # an older run: T = 1, nothing to say
+    predictor = Predictor(run_dir)
+    assert predictor.temperature == 1.0 and predictor.calibration_problem is None
 
 
 def test_evaluate_test_matches_classes_by_name_and_refuses_unknown_ones(runs_with_results: dict[str, Path],

@@ -177,14 +177,16 @@ def test_run_dir_spells_every_file_of_a_run_folder(tmp_path: Path) -> None:
     assert folder.run_id == "scratch-20250101-aaaa" and RunDir(folder.path) == folder
     names = {"config": "config.json", "status": "status.json", "metrics": "metrics.jsonl", "best": "best.pt",
              "last": "last.pt", "predictions": "predictions_val.npz", "evaluation": "eval_val.json",
-             "log": "log.txt", "cancel_marker": "cancel.request", "lock_file": ".lock", "budget": "budget.json"}
+             "log": "log.txt", "cancel_marker": "cancel.request", "lock_file": ".lock", "budget": "budget.json",
+             "predictions_test": "predictions_test.npz", "evaluation_test": "eval_test.json",
+             "calibration": "calibration.json"}
     for attribute, name in names.items():
         assert getattr(folder, attribute) == folder.path / name, attribute
     assert (RunDir.BEST, RunDir.LAST, RunDir.STATUS, RunDir.CONFIG) == ("best.pt", "last.pt", "status.json",
                                                                         "config.json")
     # What --force forgets: everything a training writes, never config.json or status.json.
     assert set(RunDir.OUTPUTS) == {"metrics.jsonl", "best.pt", "last.pt", "predictions_val.npz", "eval_val.json",
-                                   "budget.json"}
+                                   "budget.json", "predictions_test.npz", "eval_test.json", "calibration.json"}
     assert not folder.is_finished() and not folder.read_status().exists
     assert folder.write_status(state="done").state == "done" == folder.read_status().state
     assert not folder.is_finished()  # done, but without the best.pt it promises
