@@ -137,6 +137,8 @@ def report_train(result: dict[str, Any], *, as_json: bool) -> int:
 def command_eval(args: argparse.Namespace) -> int:
     from speedsign.predict import Predictor, evaluate_split
 
+    if args.corruptions:
+        return report_corruptions(Predictor(args.run_dir), args)
     report, _, _ = evaluate_split(Predictor(args.run_dir), args.data, split=args.split)
     report.pop("files", None)
     low, high = report["accuracy_ci95"]
@@ -144,6 +146,22 @@ def command_eval(args: argparse.Namespace) -> int:
             + "\n".join(f"  {name:>14}  P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  n {s['support']}"
                         for name, s in report["per_class"].items()))
     emit(report, as_json=args.json, text=text)
+    return 0
+
+
+def report_corruptions(predictor: Any, args: argparse.Namespace) -> int:
+    """`eval --corruptions`: accuracy under each corruption and severity (speedsign.corruptions)."""
+    from speedsign.corruptions import corruption_report, describe_corruption
+
+    report = corruption_report(predictor, args.data, split=args.split, seed=args.seed,
+                               progress=_print_progress("corrupting"))
+    lines = [f"{args.split}: {report['n']} images, corruptions drawn from seed {report['seed']}"]
+    for row in report["rows"]:
+        name = "clean" if row["corruption"] == "clean" else describe_corruption(row["corruption"], row["severity"])
+        lines.append(f"  {name:<24} accuracy {row['accuracy']:.4f}")
+    lines.append(f"  mean under corruption {report['mean_corruption_accuracy']:.4f}; "
+                 f"worst: {report['worst']['description']}")
+    emit(report, as_json=args.json, text="\n".join(lines))
     return 0
 
 
@@ -161,6 +179,28 @@ def command_predict(args: argparse.Namespace) -> int:
             lines.append(f"{entry['image']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in entry["top"]))
     emit({"predictions": entries}, as_json=args.json, text="\n".join(lines))
     return 0 if all("error" not in e for e in entries) else 1
+
+
+# ---------------------------------------------------------------- study
+
+def command_study(args: argparse.Namespace) -> int:
+    from speedsign.runs import inspect_run
+    from speedsign.study import build_study, load_study, measure_latency_ms, robustness_rows
+    from speedsign.study_report import write_report
+
+    for run_dir in args.run_dirs:
+        if not (Path(run_dir) / "config.json").is_file():
+            raise UserError(f"not a run folder: {run_dir}")
+    study = load_study([inspect_run(Path(d)) for d in args.run_dirs], split=args.split)
+    robustness = (robustness_rows(study, images=args.corruption_images, seed=args.seed)
+                  if args.corruptions else None)
+    latency = measure_latency_ms(study) if args.latency else None
+    result = build_study(study, latency_ms=latency, robustness=robustness, seed=args.seed)
+    if args.out is not None:
+        write_report(result, args.out)
+    text = "\n".join(result.conclusion) + (f"\n  wrote {args.out}" if args.out is not None else "")
+    emit(result.to_json(), as_json=args.json, text=text)
+    return 0
 
 
 # ---------------------------------------------------------------- data
@@ -245,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, type=Path)
     evaluate.add_argument("--split", default="val", choices=EVAL_SPLITS,
                           help="val (as the run drew it), test, or all: every image of --data")
+    evaluate.add_argument("--corruptions", action="store_true",
+                          help="score the split under darkness, glare, blur, motion blur, noise, JPEG, occlusion, "
+                               "rotation and scale at 3 severities each")
+    evaluate.add_argument("--seed", type=_int, default=0, help="seed of the corruptions (with --corruptions)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=command_eval)
 
@@ -254,6 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=_int, default=3)
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=command_predict)
+
+    study = sub.add_parser("study", help="compare runs scored on the same images: paired tests, cost, "
+                                         "calibration, robustness, a written conclusion")
+    study.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    study.add_argument("--out", type=Path, default=None, help="write the study as one self-contained HTML file")
+    study.add_argument("--split", default="val", choices=("val", "test"),
+                       help="the stored predictions to compare (test: runs whose data set has test/)")
+    study.add_argument("--corruptions", action="store_true",
+                       help="also score every run under the corruptions (loads the models and images)")
+    study.add_argument("--corruption-images", type=_int, default=500,
+                       help="images of the split scored under each corruption (a fixed sample; default 500)")
+    study.add_argument("--latency", action="store_true", help="also measure each model's prediction latency")
+    study.add_argument("--seed", type=_int, default=0, help="seed of the bootstrap and the corruptions")
+    study.add_argument("--json", action="store_true")
+    study.set_defaults(handler=command_study)
 
     data = sub.add_parser("data", help="make, import or describe a data set")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
