@@ -46,6 +46,7 @@ page = st.navigation([
     st.Page("pages/curves.py", title="Learning curves", icon=":material/show_chart:"),
     st.Page("pages/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
     st.Page("pages/classify.py", title="Classify", icon=":material/photo_camera:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ])
 ui.sidebar()
 ui.show_notices()

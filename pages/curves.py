@@ -1,4 +1,5 @@
-"""Learning curves: loss, accuracy and learning rate per epoch, live while a job trains."""
+"""Learning curves: loss, accuracy and learning rate against epochs, seconds or images seen,
+live while a job trains."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -38,22 +39,22 @@ def readable_series(run_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     return series
 
 
-def draw_curves(run_ids: Sequence[str]) -> bool:
+def draw_curves(run_ids: Sequence[str], x: str = "epoch") -> bool:
     """Loss, accuracy and learning rate of the runs; whether any of them is still training."""
     series = readable_series(run_ids)
     if series:
         # One figure, three panels on one epoch axis: they line up whatever their legends and
         # tick labels, and run ids make long legends (full width, one panel under the other).
-        figure = plots.training_curves(run_views.curves_frame(series), run_views.lr_frame(series))
+        figure = plots.training_curves(run_views.curves_frame(series), run_views.lr_frame(series), x=x)
         st.plotly_chart(figure, key="curves")
     runs = {info.run_id: info for info in ui.list_runs()}
     return any(run_id in runs and run_views.is_active(runs[run_id]) for run_id in run_ids)
 
 
 @st.fragment(run_every=ui.POLL_SECONDS)
-def live_curves(run_ids: Sequence[str]) -> None:
+def live_curves(run_ids: Sequence[str], x: str = "epoch") -> None:
     """The curves, redrawn every few seconds while a chosen run trains."""
-    if draw_curves(run_ids):
+    if draw_curves(run_ids, x):
         st.caption(f"Updating every {ui.POLL_SECONDS:.0f} s while a job trains.")
     else:
         st.rerun()  # the last job ended: the whole page again, with its failure note and choices
@@ -95,6 +96,10 @@ default = run_views.default_curve_runs(runs, fingerprint=fingerprint)
 chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get, key="curve-runs",
                         help="Drawn unasked: this data set's finished runs and those training now, newest first. "
                              "Failed and cancelled runs, and runs of other data sets, can be chosen too.")
+axis = st.radio("x-axis", list(run_views.CURVE_AXES), format_func=run_views.CURVE_AXES.get, horizontal=True,
+                key="curve-x",
+                help="Seconds: the wall time of training; images: training images seen (runs of older versions "
+                     "did not record it). Both compare runs of different batch sizes and input sizes fairly.")
 ui.damaged_note(runs)
 # The failures of this data set, and of any run chosen from another one.
 failure_note([info for info in runs if info.run_id in chosen or run_views.on_dataset(info, fingerprint)])
@@ -106,6 +111,6 @@ if not chosen:
                    "Train page.")
         ui.goto("pages/train.py", "Go to Train", ":material/model_training:")
 elif any(run_views.is_active(info) for info in runs if info.run_id in chosen):
-    live_curves(chosen)
+    live_curves(chosen, axis)
 else:
-    draw_curves(chosen)
+    draw_curves(chosen, axis)

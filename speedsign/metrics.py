@@ -1,4 +1,5 @@
-"""Numbers first: confusion matrix, per-class scores, intervals, calibration, top losses.
+"""Numbers first: confusion matrix, per-class scores, intervals, calibration, top losses, and
+the paired tests between two models scored on the same images (McNemar, bootstrap, Holm).
 
 Plain numpy arrays in, arrays and DataFrames out (no torch, no figures); `plots.py` draws
 them and `evaluation_report` turns them into the JSON the command line prints.
@@ -63,6 +64,78 @@ def wilson_interval(correct: int, n: int, *, z: float = Z_95) -> tuple[float, fl
     low = 0.0 if correct == 0 else max(0.0, center - half_width)
     high = 1.0 if correct == n else min(1.0, center + half_width)
     return low, high
+
+
+# ---------------------------------------------------------------- two models, the same images
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:
+    """Exact McNemar test of two models' per-image correctness on the same images.
+
+    b: images a gets right and b wrong; c: a wrong and b right. Under "equally accurate" the
+    b + c discordant images split as Binomial(b + c, 1/2); p is the exact two-sided p-value,
+    2 * P(X <= min(b, c)) capped at 1 (1.0 when there is no discordant image).
+    """
+    a, b_ = _as_paired_correct(correct_a, correct_b)
+    b = int((a & ~b_).sum())
+    c = int((~a & b_).sum())
+    return {"b": b, "c": c, "p": binomial_two_sided_p(min(b, c), b + c)}
+
+
+def binomial_two_sided_p(k: int, n: int) -> float:
+    """2 * P(X <= k) for X ~ Binomial(n, 1/2), capped at 1; exact, in log space for large n."""
+    if n == 0:
+        return 1.0
+    k = min(k, n - k)
+    log_terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0)
+                 for i in range(k + 1)]
+    top = max(log_terms)
+    tail = math.exp(top) * sum(math.exp(t - top) for t in log_terms)
+    return min(1.0, 2.0 * tail)
+
+
+def paired_bootstrap_ci(correct_a: np.ndarray, correct_b: np.ndarray, *, n_boot: int = 10_000,
+                        seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of accuracy_a - accuracy_b, resampling images (pairs kept).
+
+    Each image contributes +1 (only a right), -1 (only b right) or 0, so a resample of n images
+    is a multinomial draw of those three counts: the same distribution as resampling indices,
+    without an (n_boot, n) index matrix. Deterministic for a seed.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1); got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1; got {n_boot}")
+    a, b = _as_paired_correct(correct_a, correct_b)
+    n = int(a.size)
+    if n == 0:
+        return 0.0, 0.0
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    shares = np.array([only_a, only_b, n - only_a - only_b], dtype=np.float64) / n
+    counts = np.random.default_rng(seed).multinomial(n, shares, size=n_boot)
+    diffs = (counts[:, 0] - counts[:, 1]) / n
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(diffs, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def holm_correction(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input's order (step-down, monotone, capped at 1)."""
+    p = np.asarray(list(p_values), dtype=np.float64)
+    if p.ndim != 1 or (p.size and (np.isnan(p).any() or p.min() < 0 or p.max() > 1)):
+        raise ValueError("p-values must be a list of numbers in [0, 1]")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    result = np.empty(m, dtype=np.float64)
+    result[order] = adjusted
+    return [float(v) for v in result]
+
+
+def _as_paired_correct(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(correct_a), np.asarray(correct_b)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"need two 1-D correctness arrays of one length; got {a.shape} and {b.shape}")
+    return a.astype(bool), b.astype(bool)
 
 
 def most_confused(

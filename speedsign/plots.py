@@ -27,6 +27,9 @@ _SPLIT_DASH = {"val": "solid", "train": "dash"}
 _VALUE_TITLES = {"loss": "loss", "acc": "accuracy"}
 _SCORE_COLUMNS: tuple[str, ...] = ("precision", "recall", "f1")
 _ACCURACY_RANGE = [0.0, 1.02]  # a little headroom so markers at 1.0 are not cut in half
+# The x-axes of a training curve (run_views.CURVE_AXES) and how each is titled and hovered.
+_X_TITLES = {"epoch": "epoch", "seconds": "training time (s, cumulative)", "images": "training images seen"}
+_X_HOVER = {"epoch": "epoch %{x}", "seconds": "%{x:.0f} s", "images": "%{x:,} images"}
 
 
 def learning_curves(metrics: pd.DataFrame, *, value: str = "loss") -> go.Figure:
@@ -73,8 +76,9 @@ def lr_curve(metrics: pd.DataFrame) -> go.Figure:
     return _tidy(figure)
 
 
-def training_curves(curves: pd.DataFrame, lr: pd.DataFrame | None = None) -> go.Figure:
-    """Loss, accuracy and learning rate per epoch in one figure, stacked on one shared epoch axis.
+def training_curves(curves: pd.DataFrame, lr: pd.DataFrame | None = None, *, x: str = "epoch") -> go.Figure:
+    """Loss, accuracy and learning rate in one figure, stacked on one shared x-axis: the epoch,
+    the cumulative training seconds or the images seen (`x`, a column of both frames).
 
     One figure, not three: the panels then have the same width, left margin and epoch range
     whatever their tick labels and legends, and zooming one zooms all. `curves` is the long
@@ -83,10 +87,12 @@ def training_curves(curves: pd.DataFrame, lr: pd.DataFrame | None = None) -> go.
     for val, dashed for train; one legend entry per run and split, and clicking it hides that
     run in every panel.
     """
-    _require_columns(curves, ("run", "epoch", "split", "loss", "acc"), what="curves")
+    if x not in _X_TITLES:
+        raise ValueError(f"x must be one of {', '.join(_X_TITLES)}; got {x!r}")
+    _require_columns(curves, ("run", x, "split", "loss", "acc"), what="curves")
     has_lr = lr is not None and not lr.empty
     if has_lr:
-        _require_columns(lr, ("run", "epoch", "lr"), what="lr")
+        _require_columns(lr, ("run", x, "lr"), what="lr")
     panels = ["loss", "acc"] + (["lr"] if has_lr else [])
     titles = {"loss": "loss", "acc": "accuracy", "lr": "learning rate"}
     figure = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.07)
@@ -100,26 +106,27 @@ def training_curves(curves: pd.DataFrame, lr: pd.DataFrame | None = None) -> go.
                 rows = frame[frame["run"] == run]
                 if split is not None:
                     rows = rows[rows["split"] == split]
+                rows = rows.dropna(subset=[x])  # images: not recorded by runs of older versions
                 if rows.empty:
                     continue
-                rows = rows.sort_values("epoch", kind="stable")
+                rows = rows.sort_values(x, kind="stable")
                 name = group if split is None else f"{group} {split}"
                 # The loss panel carries the legend; a run with only lr values gets its entry there.
                 show = value == "loss" or (value == "lr" and group not in shown)
                 if show:
                     shown.add(group)
                 figure.add_trace(go.Scatter(
-                    x=rows["epoch"].tolist(), y=rows[value].tolist(), mode="lines+markers",
+                    x=rows[x].tolist(), y=rows[value].tolist(), mode="lines+markers",
                     name=name, legendgroup=group, showlegend=show,
                     line={"color": color, "dash": _SPLIT_DASH[split or "val"]},
-                    hovertemplate=f"epoch %{{x}}<br>{titles[value]} %{{y:.4g}}",  # the name shows beside it
+                    hovertemplate=f"{_X_HOVER[x]}<br>{titles[value]} %{{y:.4g}}",  # the name shows beside it
                 ), row=row, col=1)
     for row, value in enumerate(panels, start=1):
         figure.update_yaxes(title_text=titles[value], row=row, col=1)
     figure.update_yaxes(range=_ACCURACY_RANGE, row=panels.index("acc") + 1, col=1)
-    figure.update_xaxes(title_text="epoch", row=len(panels), col=1)
+    figure.update_xaxes(title_text=_X_TITLES[x], row=len(panels), col=1)
     epochs = pd.concat([curves["epoch"], lr["epoch"]]) if has_lr else curves["epoch"]
-    if not epochs.empty and epochs.max() - epochs.min() <= 15:
+    if x == "epoch" and not epochs.empty and epochs.max() - epochs.min() <= 15:
         figure.update_xaxes(dtick=1)  # whole epochs, not 1.5
     figure.update_layout(height=230 * len(panels) + 90, legend_title_text="run, split",
                          margin={"l": 70, "r": 20, "t": 30, "b": 50})
@@ -284,6 +291,79 @@ def topk_bars(labels: Sequence[str], probs: Sequence[float]) -> go.Figure:
     figure.update_yaxes(autorange="reversed", **_category_axis(names))
     figure.update_layout(height=60 + 28 * max(len(names), 1), showlegend=False,
                          margin={"l": 10, "r": 10, "t": 10, "b": 30})
+    return _tidy(figure)
+
+
+def accuracy_intervals(rows: Sequence[dict]) -> go.Figure:
+    """Each run's accuracy as a dot with its 95% interval; `rows` as study.accuracy_rows."""
+    names = _escape_all(r["run_id"] for r in rows)
+    accuracy = [float(r["accuracy"]) for r in rows]
+    figure = go.Figure(go.Scatter(
+        x=accuracy, y=names, mode="markers", marker={"size": 10, "color": _PALETTE[0]},
+        error_x={"type": "data", "symmetric": False,
+                 "array": [float(r["ci"][1]) - a for r, a in zip(rows, accuracy, strict=True)],
+                 "arrayminus": [a - float(r["ci"][0]) for r, a in zip(rows, accuracy, strict=True)]},
+        hovertemplate="%{y}<br>accuracy %{x:.2%}<extra></extra>",
+    ))
+    figure.update_xaxes(title_text="accuracy (95% Wilson interval)", tickformat=".1%")
+    figure.update_yaxes(autorange="reversed", **_category_axis(names))
+    figure.update_layout(height=80 + 40 * max(len(names), 1), showlegend=False)
+    return _tidy(figure)
+
+
+def val_accuracy_against(frame: pd.DataFrame, *, x: str) -> go.Figure:
+    """Val accuracy per epoch against `x` (epoch, seconds or images), one line per run."""
+    if x not in _X_TITLES:
+        raise ValueError(f"x must be one of {', '.join(_X_TITLES)}; got {x!r}")
+    _require_columns(frame, ("run", x, "val_acc"), what="frame")
+    figure = go.Figure()
+    for run, color in _run_colors(frame["run"]).items():
+        rows = frame[frame["run"] == run].dropna(subset=[x]).sort_values(x, kind="stable")
+        figure.add_trace(go.Scatter(
+            x=rows[x].tolist(), y=rows["val_acc"].tolist(), mode="lines+markers", name=_escape(run),
+            line={"color": color}, hovertemplate=f"{_X_HOVER[x]}<br>val accuracy %{{y:.4f}}",
+        ))
+    figure.update_layout(xaxis_title=_X_TITLES[x], yaxis_title="val accuracy")
+    figure.update_yaxes(range=_ACCURACY_RANGE)
+    return _tidy(figure)
+
+
+def robustness_heatmap(frame: pd.DataFrame) -> go.Figure:
+    """Accuracy per run (rows) and corruption at each severity (columns); `frame` has run,
+    corruption, severity, accuracy (corruptions.robustness_frame)."""
+    _require_columns(frame, ("run", "corruption", "severity", "accuracy"), what="frame")
+    frame = frame.assign(column=[c if c == "clean" else f"{c} {s}"
+                                 for c, s in zip(frame["corruption"], frame["severity"], strict=True)])
+    columns = list(pd.unique(frame["column"]))
+    runs = list(pd.unique(frame["run"]))
+    table = frame.pivot_table(index="run", columns="column", values="accuracy", aggfunc="first")
+    values = table.reindex(index=runs, columns=columns).to_numpy(dtype=float)
+    figure = go.Figure(go.Heatmap(
+        z=values.tolist(), x=_escape_all(columns), y=_escape_all(runs), zmin=0.0, zmax=1.0,
+        colorscale="Viridis", colorbar={"title": {"text": "accuracy"}},
+        text=[[f"{v:.0%}" if np.isfinite(v) else "" for v in row] for row in values],
+        texttemplate="%{text}", hovertemplate="%{y}<br>%{x}<br>accuracy %{z:.3f}<extra></extra>",
+    ))
+    figure.update_xaxes(**_category_axis(_escape_all(columns)), tickangle=-45)
+    figure.update_yaxes(**_category_axis(_escape_all(runs)), autorange="reversed")
+    figure.update_layout(height=160 + 45 * max(len(runs), 1))
+    return _tidy(figure)
+
+
+def per_class_heatmap(recall: pd.DataFrame) -> go.Figure:
+    """Recall per class (rows) and run (columns); `recall` as study.per_class_frame (a support
+    column, when present, is left out)."""
+    table = recall.drop(columns=["support"], errors="ignore")
+    classes, runs = _escape_all(table.index), _escape_all(table.columns)
+    values = table.to_numpy(dtype=float)
+    figure = go.Figure(go.Heatmap(
+        z=values.tolist(), x=runs, y=classes, zmin=0.0, zmax=1.0, colorscale="Viridis",
+        colorbar={"title": {"text": "recall"}}, text=[[f"{v:.0%}" for v in row] for row in values],
+        texttemplate="%{text}", hovertemplate="class %{y}<br>%{x}<br>recall %{z:.3f}<extra></extra>",
+    ))
+    figure.update_xaxes(**_category_axis(runs))
+    figure.update_yaxes(**_category_axis(classes), autorange="reversed")
+    figure.update_layout(height=120 + 28 * max(len(classes), 1))
     return _tidy(figure)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,27 +302,44 @@ def newly_ended(runs: Sequence[RunInfo], watched: set[str], announced: set[str])
 
 # ---------------------------------------------------------------- learning curves
 
+# The x-axes a curve can be drawn on (every metrics row carries all three), as pages name them.
+CURVE_AXES: dict[str, str] = {"epoch": "epoch", "seconds": "wall seconds", "images": "images seen"}
+
+
 def curves_frame(metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
-    """Long format for plots.learning_curves: run, epoch, split, loss, acc."""
+    """Long format for plots.training_curves: run, epoch, seconds, images, split, loss, acc.
+
+    seconds: wall seconds of training up to the end of that epoch; images: training images
+    seen by then (None for runs stored before it was recorded)."""
     rows = []
     for run, records in metrics.items():
-        for record in records:
-            epoch = record.get("epoch")
-            if not isinstance(epoch, int):
-                continue
+        for record, seconds, images in _with_progress(records):
             for split in ("train", "val"):
                 loss, acc = record.get(f"{split}_loss"), record.get(f"{split}_acc")
                 if isinstance(loss, (int, float)) and isinstance(acc, (int, float)):
-                    rows.append({"run": run, "epoch": epoch, "split": split, "loss": float(loss), "acc": float(acc)})
-    return pd.DataFrame(rows, columns=["run", "epoch", "split", "loss", "acc"])
+                    rows.append({"run": run, "epoch": record["epoch"], "seconds": seconds, "images": images,
+                                 "split": split, "loss": float(loss), "acc": float(acc)})
+    return pd.DataFrame(rows, columns=["run", *CURVE_AXES, "split", "loss", "acc"])
 
 
 def lr_frame(metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
-    """Learning rate per epoch for plots.lr_curve: run, epoch, lr."""
-    rows = [{"run": run, "epoch": r["epoch"], "lr": float(r["lr"])}
-            for run, records in metrics.items() for r in records
-            if isinstance(r.get("epoch"), int) and isinstance(r.get("lr"), (int, float))]
-    return pd.DataFrame(rows, columns=["run", "epoch", "lr"])
+    """Learning rate per epoch for plots.training_curves: run, epoch, seconds, images, lr."""
+    rows = [{"run": run, "epoch": r["epoch"], "seconds": seconds, "images": images, "lr": float(r["lr"])}
+            for run, records in metrics.items() for r, seconds, images in _with_progress(records)
+            if isinstance(r.get("lr"), (int, float))]
+    return pd.DataFrame(rows, columns=["run", *CURVE_AXES, "lr"])
+
+
+def _with_progress(records: Sequence[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], float, int | None]]:
+    """Each readable epoch with the cumulative seconds and images seen at its end."""
+    total = 0.0
+    for record in records:
+        if not isinstance(record.get("epoch"), int):
+            continue
+        seconds = record.get("seconds")
+        total += float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else 0.0
+        images = record.get("images")
+        yield record, total, (int(images) if isinstance(images, int) and images > 0 else None)
 
 
 # Drawn unasked on the Learning curves page: a legend of 2 x 6 entries still reads.

@@ -26,7 +26,7 @@ from speedsign.runs import inspect_run
 
 from app_support import answers, fresh_app_env, plain, start, texts
 
-PAGES = ("home", "dataset", "train", "curves", "evaluation", "classify")
+PAGES = ("home", "dataset", "train", "curves", "evaluation", "classify", "compare")
 
 
 # ---------------------------------------------------------------- fixtures and helpers

@@ -40,7 +40,8 @@ from browser_support import (
 # (file name, URL path, a heading the page shows)
 PAGES = (("home", "", "Speed-limit signs, three ways"), ("dataset", "dataset", "Dataset"),
          ("train", "train", "Train"), ("curves", "curves", "Learning curves"),
-         ("evaluation", "evaluation", "Evaluation"), ("classify", "classify", "Classify"))
+         ("evaluation", "evaluation", "Evaluation"), ("classify", "classify", "Classify"),
+         ("compare", "compare", "Compare runs"))
 SCREENSHOTS_ENV = "SPEEDSIGN_SCREENSHOTS"  # a folder: keep the screenshots there (docs/screenshots)
 SCREENSHOT_RUNS_ENV = "SPEEDSIGN_SCREENSHOT_RUNS"  # a runs folder for the screenshots instead of the tiny runs
 SCREENSHOT_DATA_ENV = "SPEEDSIGN_SCREENSHOT_DATA"  # a data set folder for them instead of the synthetic set
@@ -243,3 +244,31 @@ def test_screenshots_of_every_page(screenshot_app: tuple[str, Path], page: Any, 
             shot = screenshot(page, folder / f"{name}.png")
             data = shot.read_bytes()
             assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, (name, len(data))
+
+
+def test_the_study_report_opens_offline_in_the_browser(page: Any, runs_with_results: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    """The downloaded HTML shows its charts with every request to the network refused."""
+    from speedsign.runs import inspect_run
+    from speedsign.study import build_study, load_study
+    from speedsign.study_report import write_report
+
+    report = tmp_path / "study.html"
+    study = load_study([inspect_run(runs_with_results[a]) for a in ("finetune", "frozen", "scratch")])
+    write_report(build_study(study, n_boot=500), report)
+    asked: list[str] = []
+
+    def refuse(route: Any) -> None:
+        asked.append(route.request.url)
+        route.abort()
+
+    page.route(re.compile(r"^(https?|wss?)://"), refuse)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(report.as_uri())
+    page.get_by_role("heading", name="Conclusion").wait_for()
+    page.locator(".js-plotly-plot .main-svg").first.wait_for()
+    assert page.locator(".js-plotly-plot").count() >= 4
+    shot = screenshot(page, tmp_path / "study.png")
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    assert asked == [] and errors == []
