@@ -21,6 +21,7 @@ from speedsign.study import (
     build_study,
     disagreements,
     load_study,
+    measure_latency_ms,
     robustness_rows,
     sample_indices,
 )
@@ -35,15 +36,26 @@ def stamps(infos: Sequence[RunInfo]) -> tuple[int, ...]:
 
 
 @st.cache_data(max_entries=16, show_spinner="Comparing the runs…")
-def cached_study(run_ids: tuple[str, ...], split: str, _stamps: tuple[int, ...],
+def cached_study(run_ids: tuple[str, ...], split: str, versions: tuple[int, ...],
                  robust: dict | None) -> StudyResult:
     by_id = {info.run_id: info for info in ui.list_runs()}
     study = load_study([by_id[run_id] for run_id in run_ids], split=split)
-    return build_study(study, robustness=robust)
+    return build_study(study, robustness=robust, latency_ms=cached_latency(run_ids, split, versions))
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring each model's prediction latency…")
+def cached_latency(run_ids: tuple[str, ...], split: str, versions: tuple[int, ...]) -> dict[str, float] | None:
+    """p50 ms of one image end to end per run; None when the data folder is gone (said in the table)."""
+    by_id = {info.run_id: info for info in ui.list_runs()}
+    study = load_study([by_id[run_id] for run_id in run_ids], split=split)
+    try:
+        return measure_latency_ms(study, predictors={r: ui.predictor(by_id[r].run_dir) for r in run_ids})
+    except UserError:
+        return None
 
 
 @st.cache_data(max_entries=8, show_spinner="Scoring every model under each corruption…")
-def cached_robustness(run_ids: tuple[str, ...], split: str, _stamps: tuple[int, ...], images: int) -> dict:
+def cached_robustness(run_ids: tuple[str, ...], split: str, versions: tuple[int, ...], images: int) -> dict:
     by_id = {info.run_id: info for info in ui.list_runs()}
     study = load_study([by_id[run_id] for run_id in run_ids], split=split)
     predictors = {run_id: ui.predictor(by_id[run_id].run_dir) for run_id in run_ids}

@@ -103,10 +103,15 @@ class TrainRequest:
     force: bool = False
     compile: bool = False  # torch.compile the training step (pays on a GPU)
     precision: str = "auto"  # auto, fp32 or bf16 (see train.resolve_precision)
+    session: str | None = None  # the dashboard session that launched it (speedsign.quotas counts its jobs)
 
     def options(self) -> dict[str, Any]:
         """How to run it, as config.json's "request" stores it for a background job."""
-        return {"device": self.device, "force": self.force, "compile": self.compile, "precision": self.precision}
+        options: dict[str, Any] = {"device": self.device, "force": self.force, "compile": self.compile,
+                                   "precision": self.precision}
+        if self.session:
+            options["session"] = self.session
+        return options
 
 
 @dataclass(frozen=True)
@@ -256,7 +261,8 @@ def read_request(run_dir: Path) -> TrainRequest:
     return TrainRequest(config=config_from_dict(meta["config"]), data_dir=Path(str(meta.get("data_dir", ""))),
                         runs_dir=run_dir.parent, device=str(options.get("device", "auto")),
                         force=options.get("force") is True, compile=options.get("compile") is True,
-                        precision=str(options.get("precision", "auto")))
+                        precision=str(options.get("precision", "auto")),
+                        session=options["session"] if isinstance(options.get("session"), str) else None)
 
 
 def launched_at(status: RunStatus) -> float | None:
@@ -485,9 +491,15 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     # is left after it: an evaluation and checkpoint, the saved predictions, and the process's exit,
     # each slower than timed when the machine got busier; hence twice the evaluation. Then the
     # test split's scoring, when the data has one.
-    hard_stop = None if budget is None else (budget_start + budget.budget_s - 2 * budget.eval_s
-                                             - reserve_for_test(budget.eval_s, inputs)
-                                             - safety_seconds(budget.budget_s))
+    # After each epoch the guard moves earlier when that epoch's evaluation and checkpoint took
+    # longer than timed at the start (a machine that got busy), never later.
+    def guard(eval_s: float) -> float | None:
+        if budget is None:
+            return None
+        return (budget_start + budget.budget_s - 2 * eval_s - reserve_for_test(eval_s, inputs)
+                - safety_seconds(budget.budget_s))
+
+    hard_stop = guard(budget.eval_s) if budget is not None else None
     if status is not None:
         status.update(phase="training", step=0, precision=precision)
     while state.epoch < config.epochs and state.steps_run < total:
@@ -505,8 +517,12 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
         lr = optimizer.param_groups[0]["lr"]
         if not per_step:
             scheduler.step()
+        finish_started = time.perf_counter()
         val_loss, val_acc, _ = evaluate(evaluated_module, inputs.val, inputs.val_labels, config=config,
                                         features=inputs.features, device=device, ctx=ctx, precision=precision)
+        if budget is not None:  # every rank alike: the evaluation, not rank 0's checkpoint, is timed
+            observed = CHECKPOINT_SECONDS + time.perf_counter() - finish_started
+            hard_stop = min(hard_stop, guard(max(budget.eval_s, observed)))
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             # NaN or inf weights answer nothing: a failed run, not a finished one at chance.
             loss = train_loss if not math.isfinite(train_loss) else val_loss

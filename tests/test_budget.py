@@ -177,6 +177,23 @@ def test_an_optimistic_plan_still_stops_at_the_budget(synth_dir: Path, tmp_path:
     assert "the time is up" in capsys.readouterr().err
 
 
+def test_evaluations_that_slow_down_move_the_guard_earlier(synth_dir: Path, tmp_path: Path, one_thread: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The machine gets busy after the plan: every evaluation during training takes 5 s more than
+    # timed, and so do the final ones. The guard must leave room for them.
+    real = job.evaluate
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(5.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "evaluate", slow)
+    started = time.monotonic()
+    result = train_run(budgeted(synth_dir, tmp_path, 20, epochs=2000))
+    assert result.state == "done" and time.monotonic() - started <= 20
+    assert result.budget["elapsed_s"] <= 20
+
+
 def test_a_budget_too_short_for_this_machine_fails_before_training_with_its_reason(
         synth_dir: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(job, "time_step", lambda *a, **k: 100.0)  # a step takes longer than the budget
