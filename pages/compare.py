@@ -113,7 +113,10 @@ def show_robustness(result: StudyResult, run_ids: tuple[str, ...], split: str, k
         n = len(sample_indices(result.study, images=CORRUPTION_IMAGES))
         st.caption(f"Darkness, glare, blur, motion blur, noise, JPEG, occlusion, rotation and scale at 3 "
                    f"severities, on a fixed sample of {n} images: it loads each model.")
-        if st.button("Score the runs under corruptions", key="compare-corrupt"):
+        # Minutes of CPU for a stranger to start: the owner's, in public mode (cached once done).
+        if not ui.can_write():
+            ui.owner_only("Scoring under corruptions")
+        elif st.button("Score the runs under corruptions", key="compare-corrupt"):
             st.session_state["compare-robust"] = (run_ids, split)
             st.rerun()
         return
@@ -174,6 +177,7 @@ try:
     key = stamps(chosen)
     robust = None
     if st.session_state.get("compare-robust") == (run_ids, split):
+        ui.require_write("Scoring under corruptions")
         robust = cached_robustness(run_ids, split, key, CORRUPTION_IMAGES)
     result = cached_study(run_ids, split, key, robust)
 except UserError as error:

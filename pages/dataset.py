@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from speedsign import datasets, faces, plots, ui
+from speedsign import datasets, faces, plots, quotas, ui
 from speedsign.config import APPROACHES, PRESETS
 from speedsign.data import DatasetIndex, image_sizes
 from speedsign.errors import UserError
@@ -62,17 +62,23 @@ def face_comparison() -> None:
             st.caption(f"flat face · as rendered · no real photo of this class in {ui.md(real.root.name)}")
 
 
-def create_dataset(label: str, work: Work) -> None:
+def create_dataset(label: str, work: Work, *, what: str, estimate: Callable[[], int]) -> None:
     """Run `work(progress)` with a progress bar; on success switch to the new data set.
 
-    `work` returns the new folder and a message. A refusal (UserError: bad zip, no classes,
-    offline download) or a disk error is shown here, and nothing stored before is touched.
+    First, at the action itself: may this session write (public mode), and does the disk budget
+    take `estimate()` more bytes. `work` returns the new folder and a message. A refusal
+    (UserError: locked, over budget, bad zip, no classes, offline download) or a disk error is
+    shown here, and nothing stored before is touched.
     """
     try:
+        ui.require_write(what)
+        ui.check_disk(estimate(), what)
         path, message = work(ui.progress_reporter(label))
     except (UserError, OSError) as error:
         st.error(ui.md(error), icon=":material/error:")
         return
+    finally:
+        quotas.forget_usage()
     ui.notify("success", message)
     ui.use_dataset(path)
 
@@ -82,8 +88,13 @@ def render_synth(progress: Progress, *, per_class: int, size: int, seed: int) ->
     return out, f"Rendered {report.n_images:,} images into {out.name} in {report.seconds:.1f} s."
 
 
+def gtsrb_source(text: str) -> str:
+    """The typed GTSRB zip or folder, resolved inside the allowed roots ("" for the download)."""
+    return str(ui.confined(text)) if text.strip() else ""
+
+
 def import_gtsrb(progress: Progress, *, source: str) -> tuple[Path, str]:
-    out, report = datasets.import_gtsrb(source, progress=progress)
+    out, report = datasets.import_gtsrb(gtsrb_source(source), progress=progress)
     skipped = f" ({report.skipped} unreadable skipped)" if report.skipped else ""
     return out, f"Imported {report.n_images:,} GTSRB images into {out.name} in {report.seconds:.1f} s{skipped}."
 
@@ -96,9 +107,11 @@ def import_upload(progress: Progress, *, data: bytes, name: str) -> tuple[Path, 
 
 
 def choose_server_folder(text: str) -> None:
-    """A folder on the server, checked (layout, classes) before it becomes the data set."""
+    """A folder on the server, inside the allowed roots once resolved (links and .. followed) and
+    checked (layout, classes), before it becomes the data set."""
     try:
-        index = datasets.check_server_folder(text)
+        ui.require_write("Using a folder on the server")
+        index = datasets.check_server_folder(str(ui.confined(text)) if text.strip() else text)
     except (UserError, OSError) as error:
         st.error(ui.md(error), icon=":material/error:")
         return
@@ -146,38 +159,49 @@ ui.through_router()
 st.title("Dataset")
 
 st.subheader("Choose or create a data set")
-synth_tab, gtsrb_tab, upload_tab, folder_tab = st.tabs(
-    ["Synthetic signs", "GTSRB import", "Upload a zip", "Folder on the server"])
-with synth_tab:
-    st.caption("Renders German speed-limit signs as a dash camera sees them (9 classes, tracks of 5 frames).")
-    left, middle, right = st.columns(3)
-    per_class = left.number_input("Images per class", 10, 5000, datasets.FIRST_RUN_PER_CLASS, step=50)
-    sizes = [32, 48, 64, 96, 128]
-    size = middle.selectbox("Image size (px)", sizes, index=sizes.index(datasets.FIRST_RUN_SIZE),
-                            help="32 px is GTSRB's size: the sign is rendered small and resized, as real crops are.")
-    seed = right.number_input("Seed", 0, 2**31 - 1, 0)
-    if st.button("Render a synthetic set", icon=":material/brush:"):
-        create_dataset("Rendering signs", partial(render_synth, per_class=int(per_class), size=int(size),
-                                                  seed=int(seed)))
-with gtsrb_tab:
-    st.caption("The nine speed-limit classes of the German Traffic Sign Recognition Benchmark, split by track.")
-    source = st.text_input("GTSRB_Final_Training_Images.zip or its extracted folder on the server",
-                           placeholder="empty: download it (needs internet)")
-    if st.button("Import GTSRB", icon=":material/download:"):
-        create_dataset("Importing GTSRB", partial(import_gtsrb, source=source))
-with upload_tab:
-    st.caption("A zip in the report's layout: `train/<class>/<image>` and `val/<class>/<image>` "
-               "(`test/` optional), or `<class>/<image>` alone (val is then drawn from it by track).")
-    upload = st.file_uploader("Data-set zip", type=["zip"], key="dataset-zip")
-    name = st.text_input("Name", placeholder="the zip's name", key="dataset-zip-name")
-    if upload is not None and st.button("Import the zip", icon=":material/upload:"):
-        create_dataset("Unpacking the zip", partial(import_upload, data=upload.getvalue(), name=name or upload.name))
-with folder_tab:
-    folder = st.text_input("Folder path on the server", placeholder="/srv/signs",
-                           help="A folder holding train/<class>/ (and val/), or <class>/ folders.",
-                           key="server-folder")
-    if st.button("Use this folder", icon=":material/folder_open:"):
-        choose_server_folder(folder)
+if ui.can_write():
+    synth_tab, gtsrb_tab, upload_tab, folder_tab = st.tabs(
+        ["Synthetic signs", "GTSRB import", "Upload a zip", "Folder on the server"])
+    with synth_tab:
+        st.caption("Renders German speed-limit signs as a dash camera sees them (9 classes, tracks of 5 frames).")
+        left, middle, right = st.columns(3)
+        per_class = left.number_input("Images per class", 10, 5000, datasets.FIRST_RUN_PER_CLASS, step=50)
+        sizes = [32, 48, 64, 96, 128]
+        size = middle.selectbox("Image size (px)", sizes, index=sizes.index(datasets.FIRST_RUN_SIZE),
+                                help="32 px is GTSRB's size: the sign is rendered small and resized, as real "
+                                     "crops are.")
+        seed = right.number_input("Seed", 0, 2**31 - 1, 0)
+        if st.button("Render a synthetic set", icon=":material/brush:", key="synth-render"):
+            create_dataset("Rendering signs", partial(render_synth, per_class=int(per_class), size=int(size),
+                                                      seed=int(seed)),
+                           what="Rendering a synthetic set",
+                           estimate=partial(quotas.synth_bytes, int(per_class) * 9, int(size)))
+    with gtsrb_tab:
+        st.caption("The nine speed-limit classes of the German Traffic Sign Recognition Benchmark, split by track.")
+        source = st.text_input("GTSRB_Final_Training_Images.zip or its extracted folder on the server",
+                               placeholder="empty: download it (needs internet)", key="gtsrb-source")
+        if st.button("Import GTSRB", icon=":material/download:", key="gtsrb-import"):
+            create_dataset("Importing GTSRB", partial(import_gtsrb, source=source), what="Importing GTSRB",
+                           estimate=partial(quotas.gtsrb_bytes, download=not source.strip()))
+    with upload_tab:
+        st.caption("A zip in the report's layout: `train/<class>/<image>` and `val/<class>/<image>` "
+                   "(`test/` optional), or `<class>/<image>` alone (val is then drawn from it by track).")
+        upload = st.file_uploader("Data-set zip", type=["zip"], key="dataset-zip")
+        name = st.text_input("Name", placeholder="the zip's name", key="dataset-zip-name")
+        if upload is not None and st.button("Import the zip", icon=":material/upload:", key="dataset-zip-import"):
+            data = upload.getvalue()
+            create_dataset("Unpacking the zip", partial(import_upload, data=data, name=name or upload.name),
+                           what="Importing a zip", estimate=partial(quotas.zip_bytes, data))
+    with folder_tab:
+        folder = st.text_input("Folder path on the server", placeholder="/srv/signs",
+                               help="A folder holding train/<class>/ (and val/), or <class>/ folders, inside "
+                                    "the data folder, the runs folder or a folder the owner allowed.",
+                               key="server-folder")
+        if st.button("Use this folder", icon=":material/folder_open:", key="server-folder-use"):
+            choose_server_folder(folder)
+else:
+    ui.owner_only("Creating a data set (rendering, GTSRB import, zip upload, a folder on the server)")
+    st.caption("Choose one of the data sets already here in the sidebar.")
 
 st.subheader("Synthetic faces and real photos")
 st.caption("What the renderer draws, how it degrades it, and real photos of the same class.")

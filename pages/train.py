@@ -1,5 +1,6 @@
 """Train: launch the approaches as background jobs and follow them live."""
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,14 +58,20 @@ def hand_set_inputs(approach: str, preset: str) -> dict[str, Any]:
 def launch(requests: Sequence[TrainRequest], *, nproc: int = 1) -> None:
     """Start each request as a background job; say at once which were already finished.
 
+    Checked here, at the action: this session may write (public mode), has no job of its own
+    still active, the disk budget takes the runs, and (per job) the app's cap on active jobs.
     A started job gets a toast, not a lasting notice: its card in Jobs is the lasting record,
     and it shows the live state (a notice drawn now would still say "queued" after a failure)."""
+    ui.require_write("Training")
+    ui.check_launch(len(requests))
     launched: list[str] = st.session_state.setdefault(LAUNCHED_KEY, [])
     watched = session_set(WATCHED_KEY)
     for request in requests:
         approach = request.config.approach
+        request = dataclasses.replace(request, session=ui.session_id())  # its jobs count as this session's
         try:
-            result = jobs.launch(request, nproc=nproc)
+            with ui.job_slot():
+                result = jobs.launch(request, nproc=nproc)
         except (UserError, OSError) as error:
             st.error(ui.md(f"{approach}: {run_views.page_error(str(error))}"))
             continue
@@ -83,6 +90,19 @@ def launch(requests: Sequence[TrainRequest], *, nproc: int = 1) -> None:
                            "follows it; closing this tab does not stop it."), icon=":material/rocket_launch:")
 
 
+def cancel(info: RunInfo, run_id: str) -> None:
+    """Ask a job to stop (the owner's only, in public mode: checked here, not only at the button)."""
+    try:
+        ui.require_write("Cancelling a job")
+    except UserError as error:
+        st.error(ui.md(error))
+        return
+    if jobs.request_cancel(info.run_dir):
+        st.toast(ui.md(f"Asked {run_id} to stop after this step."))
+    else:
+        st.toast(ui.md(f"{run_id} was not running any more."))
+
+
 def job_card(info: RunInfo) -> None:
     """One job: state, epoch, progress with time left, val accuracy, cancel, error."""
     rows, problem = ui.metrics(info)
@@ -92,11 +112,8 @@ def job_card(info: RunInfo) -> None:
         head.markdown(f"**{ui.md(view.approach)}** · {ui.md(view.run_id)} · state **{ui.md(view.state)}**")
         head.caption(ui.md(run_views.job_times(info)))
         if view.active:
-            if button.button("Cancel", key=f"cancel-{view.run_id}", icon=":material/cancel:"):
-                if jobs.request_cancel(info.run_dir):
-                    st.toast(ui.md(f"Asked {view.run_id} to stop after this step."))
-                else:
-                    st.toast(ui.md(f"{view.run_id} was not running any more."))
+            if ui.can_write() and button.button("Cancel", key=f"cancel-{view.run_id}", icon=":material/cancel:"):
+                cancel(info, view.run_id)
             st.progress(view.fraction, text=ui.md(view.progress_text))
         columns = st.columns(3)
         columns[0].metric("Val accuracy (last epoch)", run_views.format_number(view.val_acc))
@@ -170,7 +187,9 @@ st.title("Train")
 st.caption("Each launch is a background process: reruns, other pages and closed tabs never stop it.")
 
 data_dir = ui.current_dataset()
-if data_dir is None:
+if not ui.can_write():
+    ui.owner_only("Training (launching and cancelling jobs)")
+elif data_dir is None:
     st.info("Choose or create a data set on the Dataset page first.")
 else:
     st.markdown(f"Data set: **{ui.md(data_dir.name)}**")
@@ -200,13 +219,16 @@ else:
                 overrides[approach] = hand_set_inputs(approach, preset)
     weights = None
     blocker = None
+    option_is_path = False
     if needs_weights:
         options = training.weights_options(known_runs, imagenet_ok=problem is None)
         option = st.selectbox("Backbone weights for finetune and frozen", options, defaults.weights_index(options),
                               key="train-weights", format_func=lambda o: o.label)
         weights = option.spec
-        if option.spec == "path":
-            weights = st.text_input("Weights file (a ResNet18 state dict) on the server", key="train-weights-path")
+        option_is_path = option.spec == "path"
+        if option_is_path:
+            weights = st.text_input("Weights file (a ResNet18 state dict) on the server", key="train-weights-path",
+                                    help="Inside the data folder, the runs folder or a folder the owner allowed.")
         elif option.spec == "imagenet":
             blocker = training.launch_blocker(approaches, weights, imagenet_problem=problem)
             if blocker:
@@ -220,8 +242,12 @@ else:
     if blocker:
         st.caption("Launch is off: finetune and frozen cannot load this backbone here. Choose another "
                    "backbone, or train scratch alone.")
-    if st.button("Launch", type="primary", icon=":material/play_arrow:", disabled=not approaches or bool(blocker)):
+    if st.button("Launch", type="primary", icon=":material/play_arrow:", disabled=not approaches or bool(blocker),
+                 key="train-launch"):
         with ui.user_errors():
+            ui.require_write("Training")
+            if option_is_path and weights.strip():
+                weights = str(ui.confined(weights))  # a file, never a spec: "imagenet" typed here is a path
             launch(training.build_requests(approaches=approaches, preset=preset, data_dir=data_dir,
                                            runs_dir=default_runs_dir(), weights=weights, overrides=overrides,
                                            budget=budget),

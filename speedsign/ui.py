@@ -9,16 +9,22 @@ values; this module holds only what two or more pages use. Rules kept here:
   never into `unsafe_allow_html`.
 - A `UserError` (bad upload, bad setting, damaged run) is a message in the page, never a
   traceback: wrap the work in `with user_errors():`.
+- Public mode (speedsign.access): a control that writes or touches a server path is drawn only
+  when `can_write()`, and its action calls `require_write()` again before doing anything, so
+  a crafted widget state cannot write. Typed server paths go through `confined()`; launches,
+  renders and imports through the quota checks (speedsign.quotas).
 This is the only module of speedsign that imports Streamlit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import runpy
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,13 +33,13 @@ import numpy as np
 import streamlit as st
 import torch
 
-from speedsign import datasets, run_views
+from speedsign import access, datasets, quotas, run_views
 from speedsign.data import DatasetIndex, scan_dataset
 from speedsign.errors import UserError
 from speedsign.progress import ProgressClock
 from speedsign.runs import RunDir, RunInfo, read_metrics
 from speedsign.runs import list_runs as read_runs
-from speedsign.storage import default_runs_dir
+from speedsign.storage import default_data_dir, default_runs_dir
 
 DATASET_KEY = "dataset"  # the sidebar's data set (a folder path), shared by every page
 _PENDING_KEY = "_dataset_pending"
@@ -139,11 +145,21 @@ def use_dataset(path: Path | str) -> None:
 
 
 def sidebar() -> Path | None:
-    """The shared sidebar: data set choice and the device. Returns the current data folder."""
+    """The shared sidebar: data set choice, the device, and (public mode) the owner's unlock.
+    Returns the current data folder."""
+    current = settings()
     entries = datasets.list_datasets()
     labels = {str(entry.path): entry.name for entry in entries}
-    extras: list[str] = st.session_state.setdefault(_EXTRA_KEY, [])
+    # Folders chosen in this session that are not under the data root: kept only while inside
+    # the allowed roots (a crafted session value never reaches the pages).
+    roots = access.allowed_roots(current)
+    extras: list[str] = [path for path in st.session_state.get(_EXTRA_KEY, [])
+                         if isinstance(path, str) and access.is_inside(path, roots)]
+    st.session_state[_EXTRA_KEY] = extras
     pending = st.session_state.pop(_PENDING_KEY, None)
+    if pending is not None and (not isinstance(pending, str)
+                                or (pending not in labels and not access.is_inside(pending, roots))):
+        pending = None
     if pending and pending not in labels and pending not in extras:
         extras.append(pending)
     options = list(labels) + [path for path in extras if path not in labels]
@@ -160,6 +176,7 @@ def sidebar() -> Path | None:
         else:
             st.info("No data set yet: create one on the Dataset page.")
         st.caption(f"Device: {md(device_text())}")
+        owner_sidebar(current)
     return Path(choice) if choice else None
 
 
@@ -175,6 +192,137 @@ def device_text() -> str:
     from speedsign.train import describe_device, pick_device
 
     return describe_device(pick_device("auto"))
+
+
+# ---------------------------------------------------------------- access: owner or public mode, quotas
+
+SESSION_ID_KEY = "_speedsign_session_id"  # this browser session's id (its jobs carry it)
+UNLOCK_KEY = "_speedsign_unlock"  # the owner's unlock token (access.unlock_token), this session only
+PASSWORD_KEY = "owner-password"
+_UNLOCK_FAILED_KEY = "_speedsign_unlock_failed"
+OWNER_HINT = "the owner can unlock it with the password in the sidebar"
+_launch_lock = threading.Lock()  # one process serves every session: check and launch as one step
+
+
+def read_secrets() -> tuple[dict[str, Any], str | None]:
+    """Streamlit's secrets as a dict, and why they could not be read ({} and None when there is no
+    secrets.toml: a local run; a file that does not parse is a problem, and the app goes public)."""
+    from streamlit.errors import StreamlitSecretNotFoundError
+
+    try:
+        return st.secrets.to_dict(), None
+    except StreamlitSecretNotFoundError as error:
+        error_id = getattr(error, "error_id", None)
+        if error_id == "no-secrets-found" or (error_id is None and "No secrets" in str(error)):
+            return {}, None
+        return {}, str(error)
+    except Exception as error:  # any other failure to read them fails closed too
+        return {}, f"{type(error).__name__}: {error}"
+
+
+def settings() -> access.Settings:
+    """Access and quota settings, from the environment and the secrets (read on every call: cheap)."""
+    secrets, problem = read_secrets()
+    return access.load_settings(os.environ, secrets, secrets_problem=problem)
+
+
+def session_id() -> str:
+    """This browser session's id (a reload is a new session)."""
+    value = st.session_state.get(SESSION_ID_KEY)
+    if not isinstance(value, str) or not value:
+        value = uuid.uuid4().hex
+        st.session_state[SESSION_ID_KEY] = value
+    return value
+
+
+def _write_allowed() -> bool:
+    return settings().can_write(st.session_state.get(UNLOCK_KEY))
+
+
+def can_write() -> bool:
+    """Whether this session may see the controls that write or touch server paths (owner mode, or
+    public mode unlocked). Draw those controls only when true; their actions call `require_write`."""
+    return _write_allowed()
+
+
+def require_write(what: str) -> None:
+    """The check at the action itself: UserError unless this session may write. Independent of
+    `can_write` (a page that drew a control by mistake, or a crafted widget state, still writes nothing)."""
+    if not _write_allowed():
+        raise UserError(f"{what} is for the app's owner: this app is in public mode ({OWNER_HINT}).")
+
+
+def owner_only(what: str) -> None:
+    """In place of the controls hidden in public mode: what is there and how to get it."""
+    st.info(f"{what} is for the app's owner: this shared app is in public mode, where visitors explore, "
+            f"evaluate and classify ({OWNER_HINT}).", icon=":material/lock:")
+
+
+def _try_unlock() -> None:
+    """The password box's callback: unlock this session, or remember that the password was wrong."""
+    given = st.session_state.get(PASSWORD_KEY, "")
+    st.session_state[PASSWORD_KEY] = ""  # never kept, never shown again
+    if not isinstance(given, str) or not given:
+        return
+    current = settings()
+    if access.check_password(current, given):
+        st.session_state[UNLOCK_KEY] = access.unlock_token(current)
+        st.session_state.pop(_UNLOCK_FAILED_KEY, None)
+    else:
+        st.session_state.pop(UNLOCK_KEY, None)
+        st.session_state[_UNLOCK_FAILED_KEY] = True
+
+
+def _lock() -> None:
+    st.session_state.pop(UNLOCK_KEY, None)
+
+
+def owner_sidebar(current: access.Settings) -> None:
+    """The sidebar's access part: settings that were refused, and in public mode the owner's unlock."""
+    for problem in current.problems:
+        st.warning(md(problem), icon=":material/warning:")
+    if not current.public:
+        return
+    if current.can_write(st.session_state.get(UNLOCK_KEY)):
+        st.caption("Owner: unlocked in this browser session.")
+        st.button("Lock", key="owner-lock", on_click=_lock, icon=":material/lock:")
+        return
+    st.caption("Public mode: explore, evaluate and classify.")
+    if not current.has_password:
+        st.caption("No owner password is set: training and imports are off.")
+        return
+    st.text_input("Owner: unlock", type="password", key=PASSWORD_KEY, on_change=_try_unlock,
+                  placeholder="owner password", help="Unlocks training and imports for this browser session.")
+    if st.session_state.pop(_UNLOCK_FAILED_KEY, False):
+        st.error("Wrong password: still locked.", icon=":material/lock:")
+
+
+def confined(text: str) -> Path:
+    """A server path typed in a page, resolved, if it lies inside the allowed roots (UserError else)."""
+    return access.confine(text, access.allowed_roots(settings()))
+
+
+def check_disk(estimate: int, what: str) -> None:
+    """Refuse `what` (UserError) when the data and runs folders would pass the disk budget."""
+    quotas.check_disk((default_data_dir(), default_runs_dir()), estimate=estimate,
+                      budget_bytes=settings().disk_budget_bytes, what=what)
+
+
+def check_launch(n_jobs: int) -> None:
+    """Before a Launch of n_jobs jobs: this session's own active jobs, and the disk they need."""
+    quotas.check_session_jobs(read_runs(default_runs_dir()), session=session_id(), limit=settings().session_jobs)
+    check_disk(quotas.runs_bytes(n_jobs), f"Training {n_jobs} job(s)")
+
+
+@contextlib.contextmanager
+def job_slot() -> Iterator[None]:
+    """Around one jobs.launch: the global cap on active jobs, checked and used under one lock."""
+    with _launch_lock:
+        quotas.check_job_slots(read_runs(default_runs_dir()), limit=settings().max_jobs)
+        try:
+            yield
+        finally:
+            quotas.forget_usage()
 
 
 # ---------------------------------------------------------------- data sets

@@ -31,6 +31,16 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("SPEEDSIGN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _owner_mode_with_test_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app in owner mode with the default quotas, whatever the shell sets, and pytest's temporary
+    folders allowed as server paths (the tests type server folders and weights files there)."""
+    for name in ("SPEEDSIGN_MODE", "SPEEDSIGN_PASSWORD", "SPEEDSIGN_MAX_JOBS", "SPEEDSIGN_SESSION_JOBS",
+                 "SPEEDSIGN_DISK_BUDGET_MB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPEEDSIGN_ALLOWED_PATHS", str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic sign set (9 classes x 20 images, 32 px, tracks of 5 frames)."""

@@ -279,8 +279,9 @@ def test_evaluation_page_single_and_side_by_side(with_runs: dict[str, Path]) -> 
     assert_clean(at)
     assert not at.error, texts(at, "error")
     assert any(m.label == "val accuracy" for m in at.metric)
-    assert len(plotly_charts(at)) == 4  # confusion x2, per class, reliability
+    assert len(plotly_charts(at)) == 5  # confusion x2, per class, reliability before and after temperature
     assert "95% interval" in everything(at)
+    assert "temperature scaling fitted on val" in everything(at)
     at.toggle(key="eval-compare").set_value(True).run()
     assert_clean(at)
     assert sum(m.label == "val accuracy" for m in at.metric) == 2
