@@ -434,10 +434,12 @@ def _calibration_sentence(calibration: Sequence[Mapping[str, Any]], names: Mappi
 
 
 def _robustness_sentence(robustness: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> str:
+    """Who keeps the most accuracy under corruption, and who degrades least from its own clean
+    score (not always the same run: a weak model has less to lose)."""
     ranked = sorted(robustness, key=lambda r: -r["corrupted_mean"])
     best = ranked[0]
     text = (f"Under the corruptions ({best['n']:,} images each), {names[best['run_id']]} keeps the most accuracy: "
-            f"{_pct(best['corrupted_mean'])} on average ({100 * best['drop']:.1f} points below clean)")
+            f"{_pct(best['corrupted_mean'])} on average")
     if len(ranked) > 1:
         runner = ranked[1]
         gap = 100 * (best["corrupted_mean"] - runner["corrupted_mean"])
@@ -446,7 +448,17 @@ def _robustness_sentence(robustness: Sequence[Mapping[str, Any]], names: Mapping
                      f"({_pct(runner['corrupted_mean'])}): about equally robust")
         else:
             text += f", {gap:.1f} points ahead of {names[runner['run_id']]}"
-    return text + f"; hardest: {best['worst']['corruption']} at severity {best['worst']['severity']}."
+        steady = min(robustness, key=lambda r: r["drop"])
+        drops = sorted(100 * r["drop"] for r in robustness)
+        if drops[1] - drops[0] < ROBUST_SAME_POINTS:
+            text += "; they lose about as much from their clean accuracy"
+        else:
+            text += (f"; {names[steady['run_id']]} degrades least, {100 * steady['drop']:.1f} points below its clean "
+                     f"{_pct(steady['clean'])}")
+    else:
+        text += f", {100 * best['drop']:.1f} points below its clean {_pct(best['clean'])}"
+    return text + f"; hardest for {names[best['run_id']]}: {best['worst']['corruption']} at severity " \
+                  f"{best['worst']['severity']}."
 
 
 def _name(run: StudyRun, study: Study) -> str:
