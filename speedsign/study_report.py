@@ -67,7 +67,7 @@ def pairs_table(result: StudyResult) -> pd.DataFrame:
         "a": p["a"], "b": p["b"], "a - b (points)": round(100 * p["diff"], 2),
         "95% CI (points)": f"{100 * p['diff_ci'][0]:+.2f} to {100 * p['diff_ci'][1]:+.2f}",
         "b: a right, b wrong": p["mcnemar"]["b"], "c: a wrong, b right": p["mcnemar"]["c"],
-        "McNemar p": p["mcnemar"]["p"], "Holm p": p["p_holm"],
+        "McNemar p": _p_text(p["mcnemar"]["p"]), "Holm p": _p_text(p["p_holm"]),
         "verdict": "differs" if p["differs"] else "within noise",
     } for p in result.pairs], columns=["a", "b", "a - b (points)", "95% CI (points)", "b: a right, b wrong",
                                        "c: a wrong, b right", "McNemar p", "Holm p", "verdict"])
@@ -87,6 +87,11 @@ def calibration_table(result: StudyResult) -> pd.DataFrame:
         "ECE after": round(c["ece_after"], 4), "NLL before": round(c["nll_before"], 4),
         "NLL after": round(c["nll_after"], 4),
     } for c in result.calibration])
+
+
+def _p_text(p: float) -> str:
+    """0.034, or 9.4e-75: a table cell, where a float this small would show as 0.000000."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
 
 
 def _round(value: float | None, digits: int) -> float | None:
