@@ -57,10 +57,9 @@ def answer_card(info: RunInfo, photo: Any, *, saliency: bool, key: str) -> None:
         except Exception as error:  # a saliency failure must not hide the answer
             st.caption(f"No saliency map for this model ({type(error).__name__}).")
             return
-        st.image(overlay, width=160, caption="Grad-CAM: red = where the model looked")
+        st.image(overlay, width=160, caption="Gradient × input: red = the pixels that moved the answer most")
         if not informative:
-            st.caption(f"Flat map: at {model.config.img_size} px the last block sees the image as one cell, "
-                       "so Grad-CAM cannot point anywhere. Larger inputs give a map.")
+            st.caption("Flat map: no pixel of this photo moves the model's answer measurably.")
 
 
 ui.through_router()
@@ -99,7 +98,7 @@ with frame:
     y = st.slider("Up ↕ down", -1.0, 1.0, 0.0, 0.05, key="classify-y", disabled=fixed)
     framed = classify.crop_square(photo, zoom=zoom, x=x, y=y)
     st.image(framed, caption=f"What the models see ({framed.width} px square, resized per model)")
-    saliency = st.toggle("Show where each model looked (Grad-CAM)", value=True, key="classify-saliency")
+    saliency = st.toggle("Show where each model looked (gradient × input)", value=True, key="classify-saliency")
 with answers:
     if not chosen:
         st.caption("Choose one or more models.")

@@ -2,7 +2,7 @@
 
 The Classify page's computations: which models answer by default, the square crop the
 user frames, safe decoding of an upload, one model's `Answer` (top-k and its time, and
-whether it is sure), what a model was trained on, and the Grad-CAM overlay. Plain values
+whether it is sure), what a model was trained on, and the saliency overlay (gradient x input). Plain values
 (PIL images, arrays, dataclasses); no Streamlit here.
 """
 
@@ -155,10 +155,11 @@ def training_data(info: RunInfo, *, data_root: Path | None = None) -> TrainingDa
 
 
 def saliency_overlay(predictor: Any, answer: Answer) -> tuple[np.ndarray, bool]:
-    """Grad-CAM of the predicted class over the image the model saw (uint8 H, W, 3), and whether
-    the map shows anything: at small inputs the last block is one cell, and the map is flat."""
-    from speedsign.saliency import grad_cam, overlay_heatmap
+    """Saliency map (gradient x input, `speedsign.saliency`) of the predicted class over the
+    image the model saw (uint8 H, W, 3), and whether the map shows anything: it is flat only
+    when no pixel moves the class score (a dead or broken model)."""
+    from speedsign.saliency import overlay_heatmap, saliency_map
 
-    heat = grad_cam(predictor, answer.tensor)
+    heat = saliency_map(predictor, answer.tensor)
     informative = bool(heat.size) and float(heat.max() - heat.min()) > 1e-3
     return overlay_heatmap(answer.tensor.permute(1, 2, 0).numpy(), heat), informative

@@ -88,7 +88,7 @@ class Predictor:
 
     @contextlib.contextmanager
     def exclusive_model(self) -> Iterator[torch.nn.Module]:
-        """The model, for one caller at a time: work beyond `probabilities` (Grad-CAM's
+        """The model, for one caller at a time: work beyond `probabilities` (the saliency map's
         forward and backward, hooks) takes the same lock as every prediction."""
         with self._lock:
             yield self.model
