@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from speedsign.config import EVAL_SPLITS
 from speedsign.errors import UserError
 
 REFERENCE_SIDE = 32  # the side at which pixel lengths in the table hold; scaled for other sides
@@ -396,27 +395,12 @@ def load_eval_images(predictor: Any, data_dir: Path | str, *, split: str = "val"
     The val split is drawn as the run drew it (its val_fraction and seed); "all" is every image
     of the folder; classes are matched to the run's by name. UserError for bad input.
     """
-    from speedsign.data import load_split_tensors, scan_dataset
-    from speedsign.predict import merge_splits
+    from speedsign.predict import load_split
 
-    if split not in EVAL_SPLITS:
-        raise UserError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
-    config = predictor.config
-    index = scan_dataset(data_dir, val_fraction=config.val_fraction, seed=config.seed, require_train=split == "val")
-    if split == "all":
-        index = merge_splits(index)
-    if not index.samples(split):
-        raise UserError(f"{data_dir} has no {split} split" + (" (expected test/<class>/)" if split == "test" else ""))
-    unknown = [name for name in index.classes if name not in predictor.classes]
-    if unknown:
-        raise UserError(f"classes the run does not know: {', '.join(unknown)} "
-                        f"(the run knows {', '.join(predictor.classes)})")
-    tensors = load_split_tensors(index, size=config.stored_size, resize=config.resize)[split]
+    tensors, labels = load_split(predictor, data_dir, split=split)
     if not len(tensors):
         raise UserError(f"no readable images in the {split} split of {data_dir}")
-    # Data labels index the folder's classes; the model's index the run's.
-    remap = torch.tensor([predictor.classes.index(name) for name in index.classes], dtype=torch.int64)
-    return tensors.images, remap[tensors.labels].numpy()
+    return tensors.images, labels
 
 
 def corruption_report(predictor: Any, data_dir: Path | str, *, split: str = "val", seed: int = 0,

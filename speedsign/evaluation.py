@@ -23,7 +23,7 @@ from speedsign.calibration import apply_temperature
 from speedsign.data import DatasetIndex, scan_dataset
 from speedsign.errors import UserError
 from speedsign.run_views import run_data_dir
-from speedsign.runs import RunDir, RunInfo
+from speedsign.runs import RunInfo
 
 SCORE_COLUMNS: tuple[str, ...] = ("precision", "recall", "f1", "support")
 CONFUSED_COLUMNS: tuple[str, ...] = ("true", "predicted", "count")
@@ -93,29 +93,25 @@ def report_of(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -
 
 def val_evaluation(info: RunInfo) -> Evaluation:
     """The run's saved val predictions, checked, with their report."""
-    path = info.folder.predictions
-    if not path.is_file():
-        raise UserError(f"run {info.run_id} has no {RunDir.PREDICTIONS} (it has not finished, or its folder "
-                        "was changed)")
-    try:
-        saved = read_predictions(path)
-    except UserError as error:
-        raise UserError(f"run {info.run_id}: {error}") from None
-    return Evaluation(info.run_id, "val", saved.classes, saved.probs, saved.labels, saved.files,
-                      run_data_dir(info), report_of(saved.probs, saved.labels, saved.classes))
+    return stored_evaluation(info, "val", info.folder.predictions,
+                             missing="it has not finished, or its folder was changed")
 
 
 def test_evaluation(info: RunInfo) -> Evaluation:
     """The run's stored test predictions (written by the job when its data had test/), checked."""
-    path = info.folder.predictions_test
+    return stored_evaluation(info, "test", info.folder.predictions_test,
+                             missing="its data had no test/, or it was trained before test splits were stored")
+
+
+def stored_evaluation(info: RunInfo, split: str, path: Path, *, missing: str) -> Evaluation:
+    """A predictions file of the run, checked, with its report; UserError saying why when missing."""
     if not path.is_file():
-        raise UserError(f"run {info.run_id} has no {RunDir.PREDICTIONS_TEST} (its data had no test/, or it was "
-                        "trained before test splits were stored)")
+        raise UserError(f"run {info.run_id} has no {path.name} ({missing})")
     try:
         saved = read_predictions(path)
     except UserError as error:
         raise UserError(f"run {info.run_id}: {error}") from None
-    return Evaluation(info.run_id, "test", saved.classes, saved.probs, saved.labels, saved.files,
+    return Evaluation(info.run_id, split, saved.classes, saved.probs, saved.labels, saved.files,
                       run_data_dir(info), report_of(saved.probs, saved.labels, saved.classes))
 
 

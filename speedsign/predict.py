@@ -145,19 +145,10 @@ def merge_splits(index: Any) -> Any:
     return replace(index, splits={"all": tuple(s for samples in index.splits.values() for s in samples)})
 
 
-def evaluate_split(predictor: Predictor, data_dir: Path | str, *, split: str = "val", batch_size: int = 256,
-                   calibrated: bool = True) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """A run's best model on a data folder's split; classes are matched to the run's by name.
-
-    The val split is drawn as the run drew it (same val_fraction and seed). A folder that
-    holds only test/ is fine for split="test"; split="all" scores every image of the folder,
-    whatever its split (a data set the run never trained on, such as real photos for a model
-    trained on synthetic signs). The probabilities are calibrated (the run's temperature, named
-    in the report) unless `calibrated=False`; accuracy is the same either way. Returns the
-    report, probabilities and labels.
-    """
+def load_split(predictor: Predictor, data_dir: Path | str, *, split: str = "val") -> tuple[Any, np.ndarray]:
+    """A data folder's split as the run sees it: its stored tensors and labels in the run's class
+    order. The val split is drawn as the run drew it; "all" is every image. UserError for bad input."""
     from speedsign.data import load_split_tensors, scan_dataset
-    from speedsign.metrics import evaluation_report
 
     if split not in EVAL_SPLITS:
         raise UserError(f"split must be one of {', '.join(EVAL_SPLITS)}; got {split!r}")
@@ -175,6 +166,23 @@ def evaluate_split(predictor: Predictor, data_dir: Path | str, *, split: str = "
     # Data labels index the folder's classes; the model's index the run's.
     remap = torch.tensor([predictor.classes.index(name) for name in index.classes], dtype=torch.int64)
     labels = remap[tensors.labels].numpy() if len(tensors) else np.zeros(0, dtype=np.int64)
+    return tensors, labels
+
+
+def evaluate_split(predictor: Predictor, data_dir: Path | str, *, split: str = "val", batch_size: int = 256,
+                   calibrated: bool = True) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """A run's best model on a data folder's split; classes are matched to the run's by name.
+
+    The val split is drawn as the run drew it (same val_fraction and seed). A folder that
+    holds only test/ is fine for split="test"; split="all" scores every image of the folder,
+    whatever its split (a data set the run never trained on, such as real photos for a model
+    trained on synthetic signs). The probabilities are calibrated (the run's temperature, named
+    in the report) unless `calibrated=False`; accuracy is the same either way. Returns the
+    report, probabilities and labels.
+    """
+    from speedsign.metrics import evaluation_report
+
+    tensors, labels = load_split(predictor, data_dir, split=split)
     chunks = [predictor.probabilities(tensors.images[i:i + batch_size], calibrated=calibrated)
               for i in range(0, len(tensors), batch_size)]
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(predictor.classes)), dtype=np.float32)
