@@ -181,17 +181,33 @@ def command_predict(args: argparse.Namespace) -> int:
     return 0 if all("error" not in e for e in entries) else 1
 
 
+# ---------------------------------------------------------------- publish
+
+def command_publish(args: argparse.Namespace) -> int:
+    from speedsign.bundles import publish_run, publish_summary
+
+    if args.name and len(args.run_dirs) > 1:
+        raise UserError("--name names one bundle: publish one run at a time with it")
+    results = [publish_run(run_dir, out_dir=args.out, name=args.name, data_dir=args.data, force=args.force)
+               for run_dir in args.run_dirs]
+    lines = [f"{r.name}: {r.bundle_mb:.1f} MB (weights {r.weights_mb:.1f} MB), val {r.bundle_acc:.4f} int8 against "
+             f"{r.full_acc:.4f} float32 ({r.change_points:+.2f} points) on {r.n_val} images\n  {r.path}"
+             for r in results]
+    emit(publish_summary(results), as_json=args.json, text="\n".join(lines))
+    return 0
+
+
 # ---------------------------------------------------------------- study
 
 def command_study(args: argparse.Namespace) -> int:
-    from speedsign.runs import inspect_run
+    from speedsign.bundles import inspect_any
     from speedsign.study import build_study, load_study, measure_latency_ms, robustness_rows
     from speedsign.study_report import write_report
 
     for run_dir in args.run_dirs:
         if not (Path(run_dir) / "config.json").is_file():
             raise UserError(f"not a run folder: {run_dir}")
-    study = load_study([inspect_run(Path(d)) for d in args.run_dirs], split=args.split)
+    study = load_study([inspect_any(Path(d)) for d in args.run_dirs], split=args.split)
     robustness = (robustness_rows(study, images=args.corruption_images, seed=args.seed)
                   if args.corruptions else None)
     latency = measure_latency_ms(study) if args.latency else None
@@ -247,12 +263,16 @@ def command_data(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- runs, cancel
 
 def command_runs(args: argparse.Namespace) -> int:
+    from speedsign.bundles import list_bundles
     from speedsign.runs import list_runs
 
     runs = list_runs(args.runs_dir or default_runs_dir())
+    if args.models_dir is not None:
+        runs += list_bundles(args.models_dir)
     rows = [r.to_json() for r in runs]
     lines = [f"{r['run_id']:<36} {r['state']:<10} {r['epoch']:>3}/{r['epochs']:<3} "
              f"{(r['best_val_acc'] if r['best_val_acc'] is not None else float('nan')):.4f}"
+             + ("  published" if r.get("published") else "")
              + (f"  DAMAGED: {r['damaged']}" if r["damaged"] else "") for r in rows]
     emit({"runs": rows}, as_json=args.json, text="\n".join(lines) or "no runs yet")
     return 0
@@ -280,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(handler=command_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a run on a data folder's val or test split, or all of it")
+    evaluate = sub.add_parser("eval", help="evaluate a run (or a published bundle) on a data folder's val or test "
+                                                   "split, or all of it")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", required=True, type=Path)
     evaluate.add_argument("--split", default="val", choices=EVAL_SPLITS,
@@ -292,12 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=command_eval)
 
-    predict = sub.add_parser("predict", help="classify image files with a run's best model")
+    predict = sub.add_parser("predict", help="classify image files with a run's (or a bundle's) best model")
     predict.add_argument("run_dir", type=Path)
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top", type=_int, default=3)
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(handler=command_predict)
+
+    publish = sub.add_parser("publish", help="write each finished run as a small bundle (int8 weights, config, "
+                                             "metrics, predictions, model card) that travels with the app")
+    publish.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    publish.add_argument("--out", required=True, type=Path, help="the models folder, e.g. models/")
+    publish.add_argument("--name", default=None, help="the bundle's name (default: the run id); one run only")
+    publish.add_argument("--data", type=Path, default=None,
+                         help="the run's data folder, when it moved (the int8 weights are scored on its val split)")
+    publish.add_argument("--force", action="store_true", help="replace a bundle of the same name")
+    publish.add_argument("--json", action="store_true")
+    publish.set_defaults(handler=command_publish)
 
     study = sub.add_parser("study", help="compare runs scored on the same images: paired tests, cost, "
                                          "calibration, robustness, a written conclusion")
@@ -336,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--runs-dir", type=Path, default=None)
+    runs.add_argument("--models-dir", type=Path, default=None,
+                      help="also list the published models (bundles) in this folder, damaged ones with why")
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(handler=command_runs)
 

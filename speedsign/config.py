@@ -51,7 +51,7 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without a better val accuracy; 0 = off
     augment: str = "signs"
     resize: str = "square"
-    weights: str = "none"  # "imagenet", a file path, "run:ID", or "none" (random init)
+    weights: str = "none"  # "imagenet", a file path, "run:ID", "bundle:NAME", or "none" (random init)
     val_fraction: float = 0.2
     seed: int = 0
     # Added after the first runs were stored: left out of a run's identity at their defaults,
@@ -132,7 +132,8 @@ SETTINGS: tuple[Setting, ...] = (
             low=0, high=10000, hand_set=True),
     Setting("augment", str, "training augmentation", choices=AUGMENTS),
     Setting("resize", str, "square, or the tutorial's resize + center crop", choices=RESIZES),
-    Setting("weights", str, "backbone: imagenet, a weights file, run:ID, or none (scratch)"),
+    Setting("weights", str,
+            "backbone: imagenet, a weights file, run:ID, bundle:NAME (a published model), or none (scratch)"),
     Setting("val_fraction", float, "share of tracks held out for val when the data has no val/",
             low=0.0, high=0.9, low_open=True),
     Setting("seed", int, "random seed", low=0, high=2**31 - 1, hand_set=True),
@@ -258,7 +259,7 @@ def validate_config(config: TrainConfig) -> TrainConfig:
         elif setting.kind in (int, float):
             _check_number(setting, value)
     if not isinstance(config.weights, str) or not config.weights:
-        raise UserError("weights must be 'imagenet', 'none', a file path or 'run:ID'")
+        raise UserError("weights must be 'imagenet', 'none', a file path, 'run:ID' or 'bundle:NAME'")
     if config.min_size and not 16 <= config.min_size <= config.img_size:
         raise UserError(f"min_size must be 0 (off) or between 16 and the input side {config.img_size}; "
                         f"got {config.min_size}")
@@ -269,7 +270,7 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     if config.approach != "scratch" and config.weights == "none":
         raise UserError(
             f"the {config.approach} approach needs pretrained weights: pass --weights imagenet, "
-            "a weights file, or run:ID"
+            "a weights file, run:ID, or bundle:NAME"
         )
     # Normalise so equal configs hash equally: 2 and 2.0, and a weights file named from any
     # folder (a background job runs in the package's folder, not the launcher's).
@@ -278,6 +279,6 @@ def validate_config(config: TrainConfig) -> TrainConfig:
 
 
 def _absolute_weights(spec: str) -> str:
-    if spec in ("imagenet", "none") or spec.startswith("run:"):
+    if spec in ("imagenet", "none") or spec.startswith(("run:", "bundle:")):
         return spec
     return str(Path(spec).expanduser().resolve())

@@ -44,7 +44,7 @@ from speedsign.config import TrainConfig, config_from_dict, validate_config
 from speedsign.data import DatasetIndex, load_decoded, scan_dataset, select_splits
 from speedsign.errors import UserError
 from speedsign.locks import acquire_device_slot, run_lock
-from speedsign.machine import machine_key
+from speedsign.machine import describe_machine, machine_key
 from speedsign.metrics import evaluation_report
 from speedsign.models import (
     build_model,
@@ -340,7 +340,8 @@ def run_job(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, started: 
         remove_temporaries(folder.path, RunDir.OUTPUTS)
         write_run_config(plan, request)
         status.update(state="queued", queued_at=queued_at, device_key=device_key(device),
-                      device=describe_device(device), error=None, created=previous.created or now_iso(),
+                      device=describe_device(device), machine=describe_machine(), error=None,
+                      created=previous.created or now_iso(),
                       epochs=config.epochs, world_size=ctx.world_size)
         status.start_heartbeat()
     slot = None

@@ -60,6 +60,13 @@ def machine_key(device: str) -> str:
     return hashlib.sha256(facts.encode()).hexdigest()[:12]
 
 
+def describe_machine() -> str:
+    """One line for a model card or a figure: CPU model, vector flags, ISA limits, usable cores."""
+    limits = " ".join(f"{k}={v}" for k, v in sorted(isa_limits().items()))
+    parts = [cpu_model(), " ".join(cpu_flags()) or "no AVX2", limits, f"{usable_cores()} usable cores"]
+    return ", ".join(part for part in parts if part)
+
+
 def process_age() -> float:
     """Seconds since this process started (Linux /proc), or 0.0 where that cannot be read.
 

@@ -259,9 +259,13 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def resolve_weights(spec: str, *, runs_dir: Path) -> dict[str, torch.Tensor]:
-    """The backbone state dict that `--weights` names (imagenet, run:ID or a file path)."""
+    """The backbone state dict that `--weights` names (imagenet, run:ID, bundle:NAME or a file path)."""
     if spec == "imagenet":
         return load_imagenet_state()
+    if spec.startswith("bundle:"):
+        from speedsign.bundles import bundle_dir, load_bundle_payload
+
+        return load_bundle_payload(bundle_dir(spec[7:]))["model"]
     if spec.startswith("run:"):
         return load_weights_file(run_weights_path(spec, runs_dir=runs_dir))
     return load_weights_file(Path(os.path.expanduser(spec)))
@@ -284,6 +288,10 @@ def weights_fingerprint(spec: str, *, runs_dir: Path) -> str:
         return spec
     if spec.startswith("run:"):
         path = run_weights_path(spec, runs_dir=runs_dir)
+    elif spec.startswith("bundle:"):
+        from speedsign.bundles import bundle_dir
+
+        path = RunDir(bundle_dir(spec[7:])).model
     else:
         path = Path(os.path.expanduser(spec))
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""Predictor: a run's best model, the val preprocessing, top-k answers for any image.
+"""Predictor: a run's (or a published bundle's) best model, the val preprocessing, top-k answers for any image.
 
 An uploaded photo goes through exactly what the val split went through: safe decoding and
 resizing (`images.load_image_tensor`), then `augment.prepare_batch(train=False)`. The
@@ -59,13 +59,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
+def load_model_payload(run_dir: Path | str) -> dict[str, Any]:
+    """{"model", "config", "classes"} of a run's best.pt, or of a published bundle (verified, dequantised)."""
+    folder = RunDir(Path(run_dir))
+    if folder.is_bundle:
+        from speedsign.bundles import load_bundle_payload
+
+        return load_bundle_payload(folder.path)
+    return load_checkpoint(folder.best)
+
+
 class Predictor:
-    """A run's best model, loaded once; `predict` is safe to call from many threads at once."""
+    """A run's best model, or a published bundle's, loaded once; `predict` is safe to call from
+    many threads at once."""
 
     def __init__(self, run_dir: Path | str, *, device: str = "cpu") -> None:
         self.run_dir = Path(run_dir)
-        self.checkpoint = RunDir(self.run_dir).best
-        payload = load_checkpoint(self.checkpoint)
+        self.checkpoint = RunDir(self.run_dir).model
+        payload = load_model_payload(self.run_dir)
         self.config: TrainConfig = config_from_dict(payload["config"])
         self.classes: tuple[str, ...] = tuple(str(c) for c in payload["classes"])
         self.device = torch.device(device)

@@ -55,6 +55,10 @@ class RunDir:
     CALIBRATION = "calibration.json"  # the temperature fitted on val (speedsign.calibration)
     BUDGET = "budget.json"  # what a time budget planned (speedsign.budget.BudgetPlan)
     LOG = "log.txt"
+    # A published model (speedsign.bundles) has these instead of best.pt and last.pt.
+    MANIFEST = "bundle.json"
+    WEIGHTS = "weights.pt"
+    CARD = "MODEL_CARD.md"
     CANCEL = "cancel.request"
     LOCK = ".lock"
     # What a training writes (and `--force` forgets); config and status stay.
@@ -87,6 +91,16 @@ class RunDir:
     @property
     def last(self) -> Path:
         return self.path / self.LAST
+
+    @property
+    def is_bundle(self) -> bool:
+        """A published model (models/<name>/), read-only: it has bundle.json."""
+        return (self.path / self.MANIFEST).is_file()
+
+    @property
+    def model(self) -> Path:
+        """The file that holds the model to load: best.pt, or a bundle's weights.pt."""
+        return self.path / (self.WEIGHTS if self.is_bundle else self.BEST)
 
     @property
     def predictions(self) -> Path:
@@ -132,7 +146,7 @@ class RunDir:
 
     def is_finished(self) -> bool:
         """Done, with the best checkpoint it promises."""
-        return self.read_status().state == "done" and self.best.exists()
+        return self.read_status().state == "done" and self.model.exists()
 
     # The cancel marker: a file, so a job sees a cancel pressed in any process, even one
     # pressed before the job started.
@@ -203,6 +217,7 @@ class RunStatus:
     error: str | None = None
     device: str | None = None
     device_key: str | None = None
+    machine: str | None = None  # the CPU that trained it (speedsign.machine.describe_machine)
     precision: str | None = None
     world_size: int | None = None
     budget_s: float | None = None  # a time budget's seconds, its plan and its deadline (time.time())
@@ -438,6 +453,7 @@ class RunInfo:
     damaged: str | None  # why the run cannot be trusted, or None
     config: dict[str, Any]  # config.json as stored ({} when unreadable)
     status: RunStatus
+    published: bool = False  # a bundle in models/ (read-only: no cancel, resume or retrain)
 
     @property
     def folder(self) -> RunDir:
@@ -452,7 +468,7 @@ class RunInfo:
         return {
             "run_id": self.run_id, "approach": self.approach, "state": self.state,
             "epoch": self.epoch, "epochs": self.epochs, "best_val_acc": self.best_val_acc,
-            "damaged": self.damaged,
+            "damaged": self.damaged, **({"published": True} if self.published else {}),
         }
 
 
@@ -490,8 +506,8 @@ def inspect_run(run_dir: Path) -> RunInfo:
     rows, metrics_problem = read_metrics(folder.path)
     if metrics_problem:
         problems.append(metrics_problem)
-    if state == "done" and not folder.best.exists():
-        problems.append(f"{RunDir.BEST} is missing")
+    if state == "done" and not folder.model.exists():
+        problems.append(f"{folder.model.name} is missing")
     if state in ("failed", "cancelled") and status.epoch and not folder.last.exists():
         problems.append(f"{RunDir.LAST} is missing")
     best = status.best_val_acc

@@ -78,15 +78,20 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 @contextlib.contextmanager
 def streamlit_server(*, runs: Path, data: Path, cache: Path, log: Path, start_s: float = SERVER_START_S,
-                     one_thread: bool = True) -> Iterator[str]:
+                     one_thread: bool = True, models: Path | None = None,
+                     extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """`streamlit run streamlit_app.py` on a free local port; yields its URL; killed after.
 
     one_thread: torch in the app uses one thread (tests share the cores); otherwise the
-    environment's OMP_NUM_THREADS, if any, holds."""
+    environment's OMP_NUM_THREADS, if any, holds. models: the published models it shows
+    (default none: an empty folder, not the repository's models/)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    if models is None:
+        models = cache / "no-models"
+        models.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SPEEDSIGN_RUNS": str(runs), "SPEEDSIGN_DATA": str(data), "SPEEDSIGN_CACHE": str(cache),
-           "PYTHONUNBUFFERED": "1"}
+           "SPEEDSIGN_MODELS": str(models), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     if one_thread:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py",

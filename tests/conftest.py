@@ -32,6 +32,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 
 @pytest.fixture(autouse=True)
+def _no_published_models(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty models folder, not the repository's shipped bundles: a test that wants those
+    (tests/test_shipped.py) points SPEEDSIGN_MODELS at them itself."""
+    empty = tmp_path_factory.getbasetemp() / "no-models"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("SPEEDSIGN_MODELS", str(empty))
+
+
+@pytest.fixture(autouse=True)
 def _owner_mode_with_test_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """The app in owner mode with the default quotas, whatever the shell sets, and pytest's temporary
     folders allowed as server paths (the tests type server folders and weights files there)."""
@@ -85,6 +94,16 @@ def runs_with_results(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path,
             assert outcome.state == "done", outcome
             result[approach] = outcome.run_dir
     return result
+
+
+@pytest.fixture(scope="session")
+def published_models(runs_with_results: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny run published into one models folder (bundles named tiny-<approach>): {approach: bundle}."""
+    from speedsign.bundles import publish_run
+
+    out = tmp_path_factory.mktemp("models")
+    return {approach: publish_run(run_dir, out_dir=out, name=f"tiny-{approach}").path
+            for approach, run_dir in runs_with_results.items()}
 
 
 @contextmanager
