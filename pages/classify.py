@@ -28,7 +28,7 @@ def answer_card(info: RunInfo, photo: Any, *, saliency: bool, key: str) -> None:
     """One model's answer: predicted sign (large only when the model is sure), top-3 bars,
     latency, what it was trained on, and where it looked."""
     st.markdown(f"**{ui.md(info.approach)}**")
-    st.caption(ui.md(info.run_id))
+    st.caption(ui.md(info.run_id) + (" · published model (read-only, int8)" if info.published else ""))
     try:
         model = ui.predictor(info.run_dir)
         answer = classify.answer(model, photo)
@@ -66,8 +66,9 @@ ui.through_router()
 
 st.title("Classify")
 
-runs = ui.list_runs()
+runs = ui.list_models()
 usable = [info for info in runs if run_views.is_usable(info)]
+ui.damaged_note(runs)
 if not usable:
     st.info("No finished model yet: train one on the Train page, then come back with a photo.")
     if any(run_views.is_active(info) for info in runs):

@@ -38,7 +38,7 @@ def stamps(infos: Sequence[RunInfo]) -> tuple[int, ...]:
 @st.cache_data(max_entries=16, show_spinner="Comparing the runs…")
 def cached_study(run_ids: tuple[str, ...], split: str, versions: tuple[int, ...],
                  robust: dict | None) -> StudyResult:
-    by_id = {info.run_id: info for info in ui.list_runs()}
+    by_id = {info.run_id: info for info in ui.list_models()}
     study = load_study([by_id[run_id] for run_id in run_ids], split=split)
     return build_study(study, robustness=robust, latency_ms=cached_latency(run_ids, split, versions))
 
@@ -46,7 +46,7 @@ def cached_study(run_ids: tuple[str, ...], split: str, versions: tuple[int, ...]
 @st.cache_data(max_entries=16, show_spinner="Measuring each model's prediction latency…")
 def cached_latency(run_ids: tuple[str, ...], split: str, versions: tuple[int, ...]) -> dict[str, float] | None:
     """p50 ms of one image end to end per run; None when the data folder is gone (said in the table)."""
-    by_id = {info.run_id: info for info in ui.list_runs()}
+    by_id = {info.run_id: info for info in ui.list_models()}
     study = load_study([by_id[run_id] for run_id in run_ids], split=split)
     try:
         return measure_latency_ms(study, predictors={r: ui.predictor(by_id[r].run_dir) for r in run_ids})
@@ -56,7 +56,7 @@ def cached_latency(run_ids: tuple[str, ...], split: str, versions: tuple[int, ..
 
 @st.cache_data(max_entries=8, show_spinner="Scoring every model under each corruption…")
 def cached_robustness(run_ids: tuple[str, ...], split: str, versions: tuple[int, ...], images: int) -> dict:
-    by_id = {info.run_id: info for info in ui.list_runs()}
+    by_id = {info.run_id: info for info in ui.list_models()}
     study = load_study([by_id[run_id] for run_id in run_ids], split=split)
     predictors = {run_id: ui.predictor(by_id[run_id].run_dir) for run_id in run_ids}
     return robustness_rows(study, images=images, predictors=predictors)
@@ -161,7 +161,7 @@ ui.through_router()
 st.title("Compare runs")
 st.caption("Which approach wins, by how much, at what cost, and why: every model scored on the same images.")
 
-finished = [info for info in ui.list_runs() if info.state == "done" and not info.damaged]
+finished = [info for info in ui.list_models() if info.state == "done" and not info.damaged]
 if not finished:
     st.info("No finished runs yet. Train the approaches on the Train page, then compare them here.")
     ui.goto("pages/train.py", "Go to Train", ":material/model_training:")

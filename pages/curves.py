@@ -18,7 +18,7 @@ def readable_series(run_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
 
     Why a run failed is not said here (this redraws every few seconds): `failure_note` says it
     once, above the charts."""
-    current = {info.run_id: info for info in ui.list_runs()}
+    current = {info.run_id: info for info in ui.list_models()}
     series: dict[str, list[dict[str, Any]]] = {}
     for run_id in run_ids:
         info = current.get(run_id)
@@ -47,7 +47,7 @@ def draw_curves(run_ids: Sequence[str], x: str = "epoch") -> bool:
         # tick labels, and run ids make long legends (full width, one panel under the other).
         figure = plots.training_curves(run_views.curves_frame(series), run_views.lr_frame(series), x=x)
         st.plotly_chart(figure, key="curves")
-    runs = {info.run_id: info for info in ui.list_runs()}
+    runs = {info.run_id: info for info in ui.list_models()}
     return any(run_id in runs and run_views.is_active(runs[run_id]) for run_id in run_ids)
 
 
@@ -84,7 +84,7 @@ ui.through_router()
 
 st.title("Learning curves")
 
-runs = ui.list_runs()
+runs = ui.list_models()
 if not runs:
     st.info("No runs yet. Launch training on the Train page: curves draw here epoch by epoch while it runs.")
     ui.goto("pages/train.py", "Go to Train", ":material/model_training:")
@@ -94,7 +94,8 @@ fingerprint = index.fingerprint if index is not None else None
 labels = {info.run_id: choice_label(info, fingerprint) for info in runs}
 default = run_views.default_curve_runs(runs, fingerprint=fingerprint)
 chosen = st.multiselect("Runs", list(labels), default=default, format_func=labels.get, key="curve-runs",
-                        help="Drawn unasked: this data set's finished runs and those training now, newest first. "
+                        help="Drawn unasked: this data set's finished runs and those training now, newest first "
+                             "(with none, the published models). "
                              "Failed and cancelled runs, and runs of other data sets, can be chosen too.")
 axis = st.radio("x-axis", list(run_views.CURVE_AXES), format_func=run_views.CURVE_AXES.get, horizontal=True,
                 key="curve-x",

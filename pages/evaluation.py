@@ -95,7 +95,7 @@ ui.through_router()
 
 st.title("Evaluation")
 
-runs = ui.list_runs()
+runs = ui.list_models()
 usable = [info for info in runs if run_views.is_usable(info)]
 ui.damaged_note(runs)
 if not usable:

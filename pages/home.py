@@ -10,6 +10,7 @@ from speedsign.compare import (
     compare_runs,
     comparison_frame,
     measure_latency,
+    published_groups,
     winner_sentence,
 )
 from speedsign.config import APPROACHES
@@ -30,7 +31,7 @@ def latency(run_dir: str, stamp: int, data_root: str, fingerprint: str) -> dict[
     return measure_latency(ui.predictor(run_dir), image)
 
 
-def comparison(index: DatasetIndex) -> None:
+def comparison(index: DatasetIndex, *, published: bool) -> None:
     """The three approaches' best runs on this data set, and one sentence on who wins."""
     best = best_runs(default_runs_dir(), data_fingerprint=index.fingerprint)
     if not best:
@@ -40,14 +41,21 @@ def comparison(index: DatasetIndex) -> None:
                     icon=":material/hourglass_top:")
         else:
             st.info("No finished runs on this data set yet. Launch the three approaches on the Train page; "
-                    "their comparison appears here.", icon=":material/model_training:")
+                    "their comparison appears here."
+                    + (" The published models below answer on Classify meanwhile." if published else ""),
+                    icon=":material/model_training:")
         ui.goto("pages/train.py", "Go to Train", ":material/model_training:")
         return
+    comparison_table(best, index)
+
+
+def comparison_table(best: dict, index: DatasetIndex) -> None:
+    """The table of the best runs given, with latency measured on an image of the data set in use."""
     measured: dict[str, float] = {}
     tails: list[str] = []
     for approach, info in best.items():
         try:
-            timing = latency(str(info.run_dir), run_views.mtime_ns(info.folder.best), str(index.root),
+            timing = latency(str(info.run_dir), run_views.mtime_ns(info.folder.model), str(index.root),
                              index.fingerprint)
         except UserError as error:
             st.warning(ui.md(f"{approach}: latency not measured ({error})"))
@@ -82,6 +90,15 @@ if index is None:
 else:
     st.markdown(f"Data set in use: **{ui.md(index.root.name)}**")
     ui.dataset_summary(index)
+    groups = published_groups(ui.list_published())
     st.subheader("Best run of each approach on this data set")
     with ui.user_errors():
-        comparison(index)
+        comparison(index, published=bool(groups))
+    for data_name, best in groups:
+        st.subheader(f"Published models, trained on {ui.md(data_name)}")
+        st.caption("Shipped with the app in models/ (read-only, int8 weights): they answer on Classify at once, "
+                   "and their curves and evaluations are on the other pages. Their model cards are in "
+                   "models/<name>/MODEL_CARD.md.")
+        with ui.user_errors():
+            comparison_table(best, index)
+    ui.damaged_note(ui.list_published())

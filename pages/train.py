@@ -196,7 +196,8 @@ else:
     known_runs = ui.list_runs()
     problem = imagenet_problem()
     # Never start from a setup known to fail: no usable backbone here means scratch alone.
-    defaults = training.train_defaults(known_runs, imagenet_problem=problem)
+    backbones = known_runs + ui.list_published()  # the shipped models make finetune and frozen train offline
+    defaults = training.train_defaults(backbones, imagenet_problem=problem)
     approaches = st.multiselect("Approaches", APPROACHES, default=list(defaults.approaches), key="train-approaches")
     needs_weights = any(a != "scratch" for a in approaches)
     if defaults.note and not needs_weights:
@@ -221,7 +222,7 @@ else:
     blocker = None
     option_is_path = False
     if needs_weights:
-        options = training.weights_options(known_runs, imagenet_ok=problem is None)
+        options = training.weights_options(backbones, imagenet_ok=problem is None)
         option = st.selectbox("Backbone weights for finetune and frozen", options, defaults.weights_index(options),
                               key="train-weights", format_func=lambda o: o.label)
         weights = option.spec

@@ -140,6 +140,11 @@ class TrainingData:
 def training_data(info: RunInfo, *, data_root: Path | None = None) -> TrainingData:
     """The data set a run trained on (config.json's data_dir) and whether it is the synthetic
     set (a synth.json at its root, as speedsign.synth writes)."""
+    if info.published:  # the publisher's folder is not here (and its path is none of a visitor's business)
+        from speedsign.bundles import bundle_data
+
+        data = bundle_data(info.run_dir)
+        return TrainingData(str(data.get("name") or ""), data.get("synthetic"))
     folder = run_data_dir(info)
     if folder is None:
         return TrainingData("", None)

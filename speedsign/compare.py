@@ -61,14 +61,30 @@ def best_runs(runs_dir: Path, *, data_fingerprint: str | None = None) -> dict[st
     Only runs that are done and undamaged count; with `data_fingerprint`, only runs trained
     on that data set (a lead measured on other data is no lead). Approaches in the usual order.
     """
+    return best_of(list_runs(Path(runs_dir)), data_fingerprint=data_fingerprint)
+
+
+def best_of(runs: Sequence[RunInfo], *, data_fingerprint: str | None = None) -> dict[str, RunInfo]:
+    """`best_runs` over given runs (published models, say)."""
     best: dict[str, RunInfo] = {}
-    for info in list_runs(Path(runs_dir)):
+    for info in runs:
         if not is_comparable(info, data_fingerprint=data_fingerprint):
             continue
         current = best.get(info.approach)
         if current is None or _rank(info) > _rank(current):
             best[info.approach] = info
     return {approach: best[approach] for approach in sorted(best, key=_approach_order)}
+
+
+def published_groups(published: Sequence[RunInfo]) -> list[tuple[str, dict[str, RunInfo]]]:
+    """The published models' best per approach, per data set they were trained on:
+    (data folder name, best), the largest group first (models of different data never share a table)."""
+    by_data: dict[str, list[RunInfo]] = {}
+    for info in published:
+        if is_comparable(info):
+            by_data.setdefault(str(info.config.get("data_fingerprint")), []).append(info)
+    groups = [(Path(str(runs[0].config.get("data_dir", "?"))).name, best_of(runs)) for runs in by_data.values()]
+    return sorted(groups, key=lambda group: -len(group[1]))
 
 
 def is_comparable(info: RunInfo, *, data_fingerprint: str | None = None) -> bool:
@@ -178,11 +194,11 @@ def model_footprint(approach: str, *, num_classes: int, run_dir: Path | None = N
     """(parameters, size in MB, trainable parameters) of an approach's network.
 
     Built untrained from the config (no checkpoint load); an unknown approach falls back to
-    the size of best.pt with parameters unknown (0).
+    the size of the model file with parameters unknown (0).
     """
     if approach in APPROACHES and num_classes > 0:
         return _footprint(approach, num_classes)
-    best = RunDir(run_dir).best if run_dir else None
+    best = RunDir(run_dir).model if run_dir else None
     size = best.stat().st_size / 1e6 if best is not None and best.exists() else 0.0
     return 0, size, None
 

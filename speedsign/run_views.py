@@ -22,7 +22,8 @@ from speedsign.models import IMAGENET_URL, OFFLINE_REASON, imagenet_weights_path
 from speedsign.progress import MISSING, format_seconds, format_time, parse_time
 from speedsign.runs import ACTIVE_STATES, RunDir, RunInfo
 
-# The files whose change a page must see: a new epoch, a new state, a new best model.
+# The files whose change a page must see: a new epoch, a new state, a new best model (of runs:
+# bundles have their own signature, speedsign.bundles.bundles_signature).
 _WATCHED: tuple[str, ...] = (RunDir.STATUS, RunDir.CONFIG, RunDir.METRICS, RunDir.BEST)
 RUN_TABLE_COLUMNS: tuple[str, ...] = ("run", "approach", "state", "epoch", "best val acc", "created", "ended",
                                       "problem")
@@ -55,6 +56,8 @@ def run_label(info: RunInfo) -> str:
     """How a run is named in pickers: its id (which starts with the approach), its state unless done,
     and its best val accuracy when known."""
     label = info.run_id
+    if info.published:
+        label += " · published"
     if info.best_val_acc is not None:
         label += f" · val {info.best_val_acc:.3f}"
     if info.state != "done":
@@ -63,8 +66,8 @@ def run_label(info: RunInfo) -> str:
 
 
 def is_usable(info: RunInfo) -> bool:
-    """A finished run whose model can be loaded: done, not damaged, its best checkpoint present."""
-    return info.state == "done" and not info.damaged and info.folder.best.is_file()
+    """A finished run (or published model) that can be loaded: done, not damaged, its model file present."""
+    return info.state == "done" and not info.damaged and info.folder.model.is_file()
 
 
 def is_active(info: RunInfo) -> bool:
@@ -357,11 +360,14 @@ def default_curve_runs(runs: Sequence[RunInfo], *, fingerprint: str | None,
     """The runs Learning curves draws before anyone chooses: the current data set's runs
     training now, then its finished ones, newest first within each (`runs` comes newest
     first), at most `limit`. Failed, cancelled and damaged runs, and runs of other data sets,
-    can be chosen but are not drawn unasked."""
+    can be chosen but are not drawn unasked. With none of those, the published models are drawn,
+    so a first visit to a shared app sees curves."""
     mine = [info for info in runs if not info.damaged and on_dataset(info, fingerprint)]
     active = [info.run_id for info in mine if is_active(info)]
     done = [info.run_id for info in mine if info.state == "done"]
-    return (active + done)[:max(0, limit)]
+    picked = active + done or [info.run_id for info in runs
+                               if info.published and info.state == "done" and not info.damaged]
+    return picked[:max(0, limit)]
 
 
 def failure_frame(runs: Sequence[RunInfo]) -> pd.DataFrame:

@@ -33,7 +33,7 @@ class WeightsOption:
     """One backbone source the Train page offers for finetune and frozen."""
 
     label: str
-    spec: str  # "imagenet", "run:ID", or "path" (the page asks for the file)
+    spec: str  # "imagenet", "run:ID", "bundle:NAME", or "path" (the page asks for the file)
 
 
 def imagenet_cached() -> bool:
@@ -52,9 +52,34 @@ def imagenet_problem() -> str | None:
 
 
 def usable_backbones(runs: Iterable[RunInfo]) -> list[RunInfo]:
-    """Finished runs whose model can be a backbone, best val accuracy first."""
+    """Finished runs whose model can be a backbone, best val accuracy first; then the published
+    models, the shipped default backbone (speedsign.shipped.DEFAULT_BACKBONE) first."""
+    from speedsign.shipped import DEFAULT_BACKBONE
+
     usable = [info for info in runs if is_usable(info)]
-    return sorted(usable, key=lambda info: -1.0 if info.best_val_acc is None else info.best_val_acc, reverse=True)
+    own = sorted((info for info in usable if not info.published),
+                 key=lambda info: -1.0 if info.best_val_acc is None else info.best_val_acc, reverse=True)
+    published = sorted((info for info in usable if info.published),
+                       key=lambda info: (info.run_id != DEFAULT_BACKBONE, info.run_id))
+    return own + published
+
+
+def backbone_label(info: RunInfo) -> str:
+    """How the backbone list names a run or a published model."""
+    accuracy = format_number(info.best_val_acc)
+    if not info.published:
+        return f"backbone of run {info.run_id} ({info.approach}, val acc {accuracy})"
+    data = Path(str(info.config.get("data_dir", "?"))).name
+    if info.approach == "frozen":
+        # A frozen model's backbone is the one it started from, unchanged: say where that was learned.
+        from speedsign.bundles import read_manifest
+
+        try:
+            origin = (read_manifest(info.run_dir).get("backbone") or {}).get("data") or "?"
+        except UserError:
+            origin = "?"
+        return f"published {info.run_id}: a backbone learned on {origin} (frozen in that model, so unchanged)"
+    return f"published {info.run_id} ({info.approach} on {data}, val acc {accuracy})"
 
 
 def weights_options(runs: Iterable[RunInfo], *, imagenet_ok: bool | None = None) -> list[WeightsOption]:
@@ -74,13 +99,16 @@ def weights_options(runs: Iterable[RunInfo], *, imagenet_ok: bool | None = None)
     else:
         note = " — not available: offline, and not on this machine"
     imagenet = WeightsOption("ImageNet (torchvision)" + note, "imagenet")
-    from_runs = [WeightsOption(f"backbone of run {info.run_id} ({info.approach}, val acc "
-                               f"{format_number(info.best_val_acc)})", f"run:{info.run_id}")
-                 for info in usable_backbones(runs)]
+    from_runs = [WeightsOption(backbone_label(info), backbone_spec(info)) for info in usable_backbones(runs)]
     path = WeightsOption("a weights file on the server", "path")
     if ok or not from_runs:
         return [imagenet, *from_runs, path]
     return [*from_runs, imagenet, path]
+
+
+def backbone_spec(info: RunInfo) -> str:
+    """--weights for a run ("run:ID") or a published model (its id is already "bundle:NAME")."""
+    return info.run_id if info.published else f"run:{info.run_id}"
 
 
 @dataclass(frozen=True)
@@ -88,7 +116,7 @@ class TrainDefaults:
     """What the Train page starts with: never a setup it knows fails."""
 
     approaches: tuple[str, ...]
-    weights: str | None  # the backbone spec ("imagenet" or "run:ID"); None when none is usable
+    weights: str | None  # the backbone spec ("imagenet", "run:ID", "bundle:NAME"); None when none is usable
     note: str | None  # why finetune and frozen are not selected, in plain words
 
     def weights_index(self, options: Sequence[WeightsOption]) -> int:
@@ -102,13 +130,14 @@ NO_BACKBONE_NOTE = ("finetune and frozen need a pretrained backbone. This machin
 
 
 def train_defaults(runs: Iterable[RunInfo], *, imagenet_problem: str | None) -> TrainDefaults:
-    """ImageNet when it can be used, else the best finished run as the backbone; all three
-    approaches when there is a backbone, else scratch alone with a note saying why."""
+    """ImageNet when it can be used, else the best finished run as the backbone, else a published
+    model's (the shipped default first); all three approaches when there is a backbone, else
+    scratch alone with a note saying why."""
     if imagenet_problem is None:
         return TrainDefaults(tuple(APPROACHES), "imagenet", None)
     usable = usable_backbones(runs)
     if usable:
-        return TrainDefaults(tuple(APPROACHES), f"run:{usable[0].run_id}", None)
+        return TrainDefaults(tuple(APPROACHES), backbone_spec(usable[0]), None)
     return TrainDefaults(("scratch",), None, NO_BACKBONE_NOTE)
 
 

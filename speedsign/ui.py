@@ -34,6 +34,7 @@ import streamlit as st
 import torch
 
 from speedsign import access, datasets, quotas, run_views
+from speedsign.bundles import bundles_signature, default_models_dir, list_bundles
 from speedsign.data import DatasetIndex, scan_dataset
 from speedsign.errors import UserError
 from speedsign.progress import ProgressClock
@@ -388,6 +389,22 @@ def list_runs() -> list[RunInfo]:
     return _runs(str(path), run_views.runs_signature(path))
 
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def _published(path: str, signature: tuple) -> list[RunInfo]:
+    return list_bundles(Path(path))
+
+
+def list_published() -> list[RunInfo]:
+    """The published models in models/ (read-only), verified once per change of their files."""
+    path = default_models_dir()
+    return _published(str(path), bundles_signature(path))
+
+
+def list_models() -> list[RunInfo]:
+    """What the viewing pages offer: every run, then every published model."""
+    return list_runs() + list_published()
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def _metrics(run_dir: str, stamp: int) -> tuple[list[dict[str, Any]], str | None]:
     return read_metrics(Path(run_dir))
@@ -421,12 +438,13 @@ def predictor(run_dir: Path | str) -> Any:
     its new weights, and a refitted temperature is used at once."""
     folder = RunDir(run_dir)
     calibrated = folder.calibration.stat().st_mtime_ns if folder.calibration.is_file() else 0
-    return _predictor(str(run_dir), run_views.mtime_ns(folder.best) + calibrated)
+    return _predictor(str(run_dir), run_views.mtime_ns(folder.model) + calibrated)
 
 
 def damaged_note(runs: Sequence[RunInfo]) -> None:
     """An expander listing the damaged run folders that the page leaves out."""
     damaged = run_views.damaged_frame(runs)
     if not damaged.empty:
-        with st.expander(f"{len(damaged)} run folder(s) are damaged and left out", icon=":material/warning:"):
+        what = "folder(s)" if damaged["run"].str.startswith("bundle:").any() else "run folder(s)"
+        with st.expander(f"{len(damaged)} {what} are damaged and left out", icon=":material/warning:"):
             st.dataframe(damaged, hide_index=True)

@@ -178,6 +178,19 @@ def test_a_usable_run_makes_all_three_the_default_with_its_backbone(with_runs: d
     assert "--weights" not in everything(at)
 
 
+def test_offline_a_published_model_makes_all_three_the_default_with_its_backbone(
+        app_env: dict[str, Path], published_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPEEDSIGN_MODELS", str(published_models["frozen"].parent))
+    at = start()
+    assert at.multiselect(key="train-approaches").value == list(APPROACHES)
+    choice = at.selectbox(key="train-weights").value
+    assert choice.spec.startswith("bundle:tiny-") and "published" in choice.label
+    assert not launch_button(at).disabled
+    assert "need a pretrained backbone" not in everything(at)
+    # The Train page's own tables list runs only: a published model is not a job to cancel or resume.
+    assert "bundle:" not in " ".join(str(frame.value) for frame in at.dataframe)
+
+
 def test_imagenet_is_the_default_backbone_when_it_can_be_downloaded(with_runs: dict[str, Path],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models, "_can_reach", lambda host, timeout=5.0: True)
