@@ -555,7 +555,9 @@ def model_card(path: Path, *, name: str, info: RunInfo, published: Published, da
         "",
         f"- {_seconds(status.seconds)} on {status.device or 'an unrecorded device'}"
         + (f", {status.precision}" if status.precision else "") + f"; {status.epoch} epochs"
-        + (f", median {throughput:.0f} training images/s" if throughput else "") + ".",
+        + (f", median {throughput:,.0f} training images/s" if throughput else "")
+        + (" through the head (the backbone's features computed once and cached)" if info.approach == "frozen" else "")
+        + ".",
         f"- Machine: {status.machine or 'not recorded by this run'}.",
         f"- Finished {status.finished or '?'}; speedsign {info.config.get('code_version', '?')}.",
         "",

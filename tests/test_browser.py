@@ -9,7 +9,7 @@ Screenshots of every page go to tmp_path, or to $SPEEDSIGN_SCREENSHOTS (the READ
 docs/screenshots). For the README's pictures, point the app at real runs and data:
 
     SPEEDSIGN_SCREENSHOTS=docs/screenshots SPEEDSIGN_SCREENSHOT_RUNS=/work/runs-real \
-    SPEEDSIGN_SCREENSHOT_DATA=../shared/data/gtsrb-speed32 \
+    SPEEDSIGN_SCREENSHOT_DATA=../shared/data/gtsrb-speed32 SPEEDSIGN_SCREENSHOT_MODELS=models \
     python -m pytest -q tests/test_browser.py -k screenshots
 """
 
@@ -45,6 +45,7 @@ PAGES = (("home", "", "Speed-limit signs, three ways"), ("dataset", "dataset", "
 SCREENSHOTS_ENV = "SPEEDSIGN_SCREENSHOTS"  # a folder: keep the screenshots there (docs/screenshots)
 SCREENSHOT_RUNS_ENV = "SPEEDSIGN_SCREENSHOT_RUNS"  # a runs folder for the screenshots instead of the tiny runs
 SCREENSHOT_DATA_ENV = "SPEEDSIGN_SCREENSHOT_DATA"  # a data set folder for them instead of the synthetic set
+SCREENSHOT_MODELS_ENV = "SPEEDSIGN_SCREENSHOT_MODELS"  # a models folder (published models) for them, e.g. models
 WAIT_MS = 60_000
 PERCENT = re.compile(r"\d+%")
 
@@ -221,8 +222,10 @@ def screenshot_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     for name, path in ((SCREENSHOT_DATA_ENV, dataset), (SCREENSHOT_RUNS_ENV, runs)):
         if not path.is_dir():
             pytest.fail(f"{name}: {path} is not a folder")
+    models = os.environ.get(SCREENSHOT_MODELS_ENV)
     with streamlit_server(runs=runs, data=data_root_with(tmp, dataset), cache=tmp / "cache",
-                          log=tmp / "streamlit.log", start_s=120, one_thread=False) as url:
+                          log=tmp / "streamlit.log", start_s=120, one_thread=False,
+                          models=Path(models).resolve() if models else None) as url:
         yield url, dataset
 
 
