@@ -11,6 +11,9 @@ import streamlit as st
 
 from speedsign import datasets, ui
 from speedsign.errors import UserError
+from speedsign.machine import limit_malloc_arenas
+
+limit_malloc_arenas()  # each session's threads would keep arenas of their own (see its docstring)
 
 
 def first_start() -> None:
