@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -140,15 +139,7 @@ def start_job(command: Sequence[str], *, env: dict[str, str], log: Path,
 
 def stop_job(process: subprocess.Popen | None) -> None:
     """SIGTERM to the job's process group (a job stops cleanly: cancelled), SIGKILL if it lingers."""
-    if process is None:
-        return
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        if process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace)
+    bs.stop_process(process, grace_s=20)
 
 
 def job_state(runs: Path) -> dict[str, Any] | None:

@@ -21,7 +21,6 @@ marks the bundle damaged (`RunInfo.damaged`); it is listed as such and never loa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import re
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from speedsign.errors import UserError
+from speedsign.models import file_sha256, load_refusal
 from speedsign.runs import RunDir, RunInfo, inspect_run, read_metrics, read_run_config
 from speedsign.storage import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 
@@ -138,17 +138,14 @@ def load_bundle_payload(path: Path | str) -> dict[str, Any]:
 
     Verified first: a damaged or hostile bundle raises UserError and nothing in it is executed."""
     folder = RunDir(Path(path))
-    problems = verify_bundle(folder.path)
-    if problems:
+    problems, raw = check_bundle(folder.path)
+    if raw is None:
         raise UserError(f"published model {folder.run_id} is damaged: {'; '.join(problems)}")
-    raw = _load_weights(folder.model)
     return {"model": dequantize_state(raw["model"], raw["scales"]), "config": raw["config"],
             "classes": raw["classes"]}
 
 
 def _load_weights(path: Path) -> dict[str, Any]:
-    from speedsign.models import load_refusal
-
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses pickled code: say so, never execute it
@@ -166,14 +163,6 @@ def _load_weights(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- verifying and listing
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """bundle.json, checked for shape; UserError saying what is wrong."""
@@ -196,11 +185,16 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def verify_bundle(path: Path | str) -> list[str]:
     """What is wrong with a bundle ([] when nothing): manifest, every file's size and sha256, weights."""
+    return check_bundle(path)[0]
+
+
+def check_bundle(path: Path | str) -> tuple[list[str], dict[str, Any] | None]:
+    """(problems, the loaded weights.pt): the weights only when nothing is wrong."""
     folder = RunDir(Path(path))
     try:
         manifest = read_manifest(folder.path)
     except UserError as error:
-        return [str(error)]
+        return [str(error)], None
     problems: list[str] = []
     files: dict[str, Any] = manifest["files"]
     for required in (RunDir.CONFIG, RunDir.STATUS, RunDir.WEIGHTS):
@@ -210,12 +204,12 @@ def verify_bundle(path: Path | str) -> list[str]:
         problem = _file_problem(folder.path, name, entry)
         if problem:
             problems.append(problem)
-    if not problems:
-        try:
-            _load_weights(folder.model)
-        except UserError as error:
-            problems.append(str(error))
-    return problems
+    if problems:
+        return problems, None
+    try:
+        return [], _load_weights(folder.model)
+    except UserError as error:
+        return [str(error)], None
 
 
 def _file_problem(root: Path, name: str, entry: Any) -> str | None:
@@ -229,7 +223,7 @@ def _file_problem(root: Path, name: str, entry: Any) -> str | None:
     size = path.stat().st_size
     if size != entry["bytes"] or size > MAX_FILE_BYTES:
         return f"{name} has {size} bytes, not the {entry['bytes']} it was published with"
-    if file_digest(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         return f"{name} differs from what was published (sha256)"
     return None
 
@@ -449,7 +443,7 @@ def bundle_data(path: Path | str) -> dict[str, Any]:
 def write_manifest(path: Path, *, source: RunInfo, data_dir: Path, published: Published | None = None,
                    backbone: Mapping[str, Any] | None = None) -> None:
     """bundle.json: what the bundle is, and the size and sha256 of every other file in it."""
-    files = {entry.name: {"bytes": entry.stat().st_size, "sha256": file_digest(entry)}
+    files = {entry.name: {"bytes": entry.stat().st_size, "sha256": file_sha256(entry)}
              for entry in sorted(Path(path).iterdir())
              if entry.is_file() and entry.name != RunDir.MANIFEST and not entry.name.startswith(".")}
     manifest: dict[str, Any] = {

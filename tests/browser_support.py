@@ -8,6 +8,7 @@ SPEEDSIGN_REQUIRE_BROWSER=1 (set by .ci/run), where they fail.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import socket
@@ -43,15 +44,20 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def sync_playwright() -> Any:
-    """Playwright's sync entry point, and Chromium checked to be there (or skip/fail)."""
+def require_browser(api: str = "sync_api") -> Any:
+    """Playwright's `api` module (sync_api or async_api), and Chromium checked to be there (or skip/fail)."""
     try:
-        from playwright.sync_api import sync_playwright as start
+        module = importlib.import_module(f"playwright.{api}")
     except ImportError:
         unavailable("the playwright package is not installed (pip install -r requirements-dev.txt)")
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
-    return start
+    return module
+
+
+def sync_playwright() -> Any:
+    """Playwright's sync entry point, and Chromium checked to be there (or skip/fail)."""
+    return require_browser("sync_api").sync_playwright
 
 
 def free_port() -> int:
@@ -110,12 +116,14 @@ def streamlit_server(*, runs: Path, data: Path, cache: Path, log: Path, start_s:
             time.sleep(0.25)
         yield url
     finally:
-        _stop(process)
+        stop_process(process)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group, SIGKILL if it lingers."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+def stop_process(process: subprocess.Popen | None, *, grace_s: float = 10) -> None:
+    """SIGTERM to a process group started with start_new_session (the server, a job), SIGKILL if it lingers."""
+    if process is None:
+        return
+    for sig, grace in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
         if process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

@@ -14,6 +14,7 @@ import torch
 
 from speedsign import bundles, cli
 from speedsign.errors import UserError
+from speedsign.models import file_sha256
 from speedsign.predict import Predictor, evaluate_split
 from speedsign.runs import RunDir, inspect_run
 
@@ -97,7 +98,7 @@ def rehash(bundle: Path) -> None:
     manifest = json.loads((bundle / RunDir.MANIFEST).read_text())
     for name in manifest["files"]:
         path = bundle / name
-        manifest["files"][name] = {"bytes": path.stat().st_size, "sha256": bundles.file_digest(path)}
+        manifest["files"][name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     (bundle / RunDir.MANIFEST).write_text(json.dumps(manifest))
 
 

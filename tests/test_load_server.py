@@ -12,13 +12,12 @@ Playwright it skips, unless SPEEDSIGN_REQUIRE_BROWSER=1.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from browser_support import CHROMIUM, unavailable
+from browser_support import require_browser
 
 SESSIONS = 20
 # Far more epochs than the test lasts: the job is still training when the sessions end (it is
@@ -30,12 +29,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def async_browser() -> None:
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        unavailable("the playwright package is not installed (pip install -r requirements-dev.txt)")
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    require_browser("async_api")
 
 
 def a_sign(dataset: Path) -> Path:
