@@ -26,6 +26,8 @@ MAX_ROTATE_DEGREES = 10.0
 BRIGHTNESS = 0.3
 CONTRAST = 0.3
 BLUR_PROBABILITY = 0.25
+STRETCH_QUANTILES = (0.02, 0.98)  # the dark and light levels that `stretch_contrast` maps to 0 and 1
+STRETCH_MIN_RANGE = 0.02  # a flat image is left nearly flat, not blown up to noise
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -108,6 +110,20 @@ def jitter_light(images: torch.Tensor, *, generator: torch.Generator) -> torch.T
     return images.clamp_(0, 1)
 
 
+def stretch_contrast(pixels: torch.Tensor) -> torch.Tensor:
+    """Per-image levels: each image's 2% and 98% brightness quantiles become 0 and 1.
+
+    GTSRB photos range from glare to near-black (median brightness 86 of 255); the classic
+    remedy is per-image contrast normalisation, done here on whole float batches in [0, 1].
+    One scale and offset per image, shared by its three channels, so colours keep their hue.
+    """
+    n = pixels.shape[0]
+    gray = pixels.mean(dim=1).reshape(n, -1)
+    low, high = torch.quantile(gray, torch.tensor(STRETCH_QUANTILES, device=pixels.device), dim=1)
+    scale = (high - low).clamp_(min=STRETCH_MIN_RANGE).view(n, 1, 1, 1)
+    return ((pixels - low.view(n, 1, 1, 1)) / scale).clamp_(0, 1)
+
+
 def shrink(pixels: torch.Tensor, size: int) -> torch.Tensor:
     """Float pixels resized down to size x size with antialiasing (progressive resizing)."""
     if pixels.shape[-1] == size and pixels.shape[-2] == size:
@@ -126,14 +142,14 @@ def prepare_batch(images: torch.Tensor, *, config: TrainConfig, train: bool,
     smaller = size is not None and size != config.img_size
     size = config.img_size if size is None else size
     augment = config.augment if train else "none"
+    pixels = images.float().div_(255.0)
     if augment == "none":
-        batch = normalize(center_crop(images, config.img_size))
+        pixels = center_crop(pixels, config.img_size)
         if smaller:
-            batch = shrink(batch, size)
+            pixels = shrink(pixels, size)
     else:
         if generator is None:
             raise ValueError("augmentation needs a seeded generator for reproducible runs")
-        pixels = images.float().div_(255.0)
         n = pixels.shape[0]
         if augment == "signs":
             pixels = shrink(center_crop(pixels, config.img_size), size)
@@ -141,7 +157,10 @@ def prepare_batch(images: torch.Tensor, *, config: TrainConfig, train: bool,
             pixels = jitter_light(pixels, generator=generator)
         else:  # tutorial: crop from the stored (larger) image, as RandomResizedCrop does
             pixels = _affine_sample(pixels, tutorial_affine(n, generator=generator, device=pixels.device), size)
-        batch = standardize(pixels)
+    if config.contrast == "stretch":
+        # Last, after the lighting jitter: training sees the levels that evaluation sees.
+        pixels = stretch_contrast(pixels)
+    batch = standardize(pixels)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     return batch

@@ -22,6 +22,7 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("none", "step", "cosine", "onecycle")
 AUGMENTS: tuple[str, ...] = ("signs", "tutorial", "none")
 RESIZES: tuple[str, ...] = ("square", "tutorial")
+CONTRASTS: tuple[str, ...] = ("none", "stretch")  # "stretch": each image's own levels to [0, 1]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")  # how to run, not part of the recipe
 EVAL_SPLITS: tuple[str, ...] = ("val", "test", "all")  # "all": every image of a folder
 
@@ -61,6 +62,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of the weights' moving average evaluated instead of the weights; 0: off
     budget: float = 0.0  # seconds the whole command may take; 0: no budget (see speedsign.budget)
     min_size: int = 0  # progressive resizing: the side training starts at; 0: off (see train.train_size)
+    contrast: str = "none"  # per-image contrast stretch before the network (see augment.stretch_contrast)
 
     @property
     def stored_size(self) -> int:
@@ -88,7 +90,7 @@ class TrainConfig:
 MIN_BUDGET_S = 10.0  # below this, starting Python and torch alone would not fit
 
 # Fields added after runs were first stored, and their defaults.
-LATER_FIELDS: tuple[str, ...] = ("steps", "warmup", "ema", "budget", "min_size")
+LATER_FIELDS: tuple[str, ...] = ("steps", "warmup", "ema", "budget", "min_size", "contrast")
 LATER_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig) if f.name in LATER_FIELDS}
 
 
@@ -147,6 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             "epochs)", low=0.0, high=7 * 24 * 3600.0),
     Setting("min_size", int, "progressive resizing: start training at this side, grow to the input side over "
             "the first 3/4 of the steps (0: off)", low=0, high=512),
+    Setting("contrast", str, "per-image contrast: stretch each image's own dark and light levels to black and "
+            "white, in training, evaluation and prediction alike (none: off)", choices=CONTRASTS),
 )
 # Hand-set inputs appear on the Train page in this order.
 HAND_SET: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.hand_set)

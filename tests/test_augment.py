@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speedsign.augment import center_crop, normalize, prepare_batch, preview_augmentations
+from speedsign.augment import center_crop, normalize, prepare_batch, preview_augmentations, stretch_contrast
 from speedsign.config import IMAGENET_MEAN, resolve_config
 
 
@@ -76,3 +76,38 @@ def test_channels_last_output_for_the_training_device() -> None:
     out = prepare_batch(_batch(), config=config, train=False, channels_last=True)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert abs(float(normalize(torch.full((1, 3, 1, 1), 0, dtype=torch.uint8))[0, 0]) + IMAGENET_MEAN[0] / 0.229) < 1e-5
+
+
+def test_contrast_stretch_maps_a_dark_photo_to_the_full_range() -> None:
+    torch.manual_seed(0)
+    # Levels 13-64 of 255, like a night photo; grey, so no channel is clipped alone.
+    dark = (torch.rand(4, 1, 32, 32) * 0.2 + 0.05).expand(4, 3, 32, 32)
+    out = stretch_contrast(dark)
+    gray = out.mean(dim=1).flatten(1)
+    assert float(gray.quantile(0.02, dim=1).max()) < 0.01
+    assert float(gray.quantile(0.98, dim=1).min()) > 0.99
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_contrast_stretch_ignores_exposure_and_keeps_flat_images_finite() -> None:
+    torch.manual_seed(1)
+    photo = torch.rand(2, 3, 32, 32) * 0.8 + 0.1
+    darker = photo * 0.4  # the same scene, under-exposed
+    assert torch.allclose(stretch_contrast(photo), stretch_contrast(darker), atol=1e-5)
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    assert torch.isfinite(stretch_contrast(flat)).all()
+
+
+def test_contrast_setting_applies_to_evaluation_and_training_alike() -> None:
+    config = resolve_config(approach="scratch", overrides={"img_size": 32, "contrast": "stretch"})
+    torch.manual_seed(2)
+    photo = torch.randint(40, 220, (2, 3, 32, 32), dtype=torch.uint8)
+    darker = (photo.float() * 0.5).round().to(torch.uint8)
+    bright_in = prepare_batch(photo, config=config, train=False)
+    dark_in = prepare_batch(darker, config=config, train=False)
+    # Exposure no longer reaches the network (up to the rounding of the darker copy to uint8).
+    assert (bright_in - dark_in).abs().mean() < 0.05
+    assert not torch.allclose(bright_in, normalize(photo))
+    trained = prepare_batch(photo, config=config, train=True, generator=torch.Generator().manual_seed(0))
+    gray = trained.mean(dim=1).flatten(1)  # standardised: the stretched range spans about 4 units
+    assert float((gray.max(1).values - gray.min(1).values).min()) > 3.5
