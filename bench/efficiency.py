@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_DEFAULT = REPO.parent / "shared" / "data" / "gtsrb-speed32"
 THRESHOLDS = (0.95, 0.97, 0.98)
 
-# One change each against a reference recipe. The levers were measured against the scratch preset
-# as it was (batch 128, lr 0.1); the flags spell it out, so that each row reruns as it ran.
-OLD_PRESET = ["--batch-size", "128", "--lr", "0.1"]
+# One change each against a reference recipe. The first levers were measured against the scratch
+# preset as it was (batch 128, lr 0.1, no contrast stretch); the flags spell it out, so that each
+# row reruns as it ran, whatever the preset is now.
+OLD_PRESET = ["--batch-size", "128", "--lr", "0.1", "--contrast", "none"]
+BATCH_32 = ["--batch-size", "32", "--lr", "0.05", "--contrast", "none"]  # the preset of 2026-12-04
 LEVERS: dict[str, list[str]] = {
     "batch 128 lr 0.1 (old preset)": OLD_PRESET,
     "ema": [*OLD_PRESET, "--ema", "0.99"],
@@ -46,11 +48,17 @@ LEVERS: dict[str, list[str]] = {
     "no label smoothing": [*OLD_PRESET, "--label-smoothing", "0"],
     "no augmentation": [*OLD_PRESET, "--augment", "none"],
     "batch 64": [*OLD_PRESET, "--batch-size", "64"],
-    "batch 32 lr 0.05 (new preset)": ["--batch-size", "32", "--lr", "0.05"],
+    "batch 32 lr 0.05 (new preset)": BATCH_32,
     "warm-up 0.1": [*OLD_PRESET, "--warmup", "0.1"],
     "48 px same FLOPs": [*OLD_PRESET, "--img-size", "48"],
     "32 px same FLOPs": [*OLD_PRESET, "--img-size", "32"],
-    "new preset + ema": ["--ema", "0.998"],
+    "batch 32 + ema 0.998": [*BATCH_32, "--ema", "0.998"],
+    "batch 32 + contrast stretch": [*BATCH_32, "--contrast", "stretch"],
+    "batch 32 + contrast stretch, no label smoothing": [*BATCH_32, "--contrast", "stretch",
+                                                        "--label-smoothing", "0"],
+    # finetune (run with --approach finetune --reference-size 48 --extra '--weights bundle:gtsrb-frozen'):
+    "finetune preset": ["--batch-size", "128", "--contrast", "none"],
+    "finetune + contrast stretch": ["--batch-size", "128", "--contrast", "stretch"],
 }
 
 
@@ -213,6 +221,15 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def record_key(args: argparse.Namespace, machine: dict[str, Any]) -> str:
+    """One table per approach, split, extra flags and kind of CPU: seconds are only comparable
+    within one kind, and a row's flags say which kernels (AVX2 or AVX512, fp32 or bf16) ran it."""
+    flags = " ".join(machine.get("cpu_flags") or []) or "no flags read"
+    limits = " ".join(f"{k}={v}" for k, v in (machine.get("cpu_isa_limits") or {}).items())
+    extra = f" {args.extra}" if args.extra else ""
+    return f"{args.approach} seed {args.seed}{extra}, {flags}{'; ' + limits if limits else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.tta:
@@ -236,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.efficiency: unknown levers {unknown}; known: {list(LEVERS)}", file=sys.stderr)
         return 2
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
-    key = f"{args.approach} seed {args.seed}" + (f" {args.extra}" if args.extra else "")
+    key = record_key(args, machine)
     record = previous.setdefault(key, {"machine": machine, "approach": args.approach, "seed": args.seed,
                                        "extra": args.extra, "images_budget": args.images, "levers": {}})
     for name in names:

@@ -129,7 +129,8 @@ def augmentation_strip(index: DatasetIndex, relative: str, *, approach: str, pre
         st.error(ui.md(error))
         return
     st.image([original, *versions], width=96)
-    st.caption(f"First: as evaluated ({config.img_size} px). Then recipe “{config.augment}”"
+    stretched = ", contrast stretched to its own dark and light levels" if config.contrast == "stretch" else ""
+    st.caption(f"First: as evaluated ({config.img_size} px{stretched}). Then recipe “{config.augment}”"
                + (": no augmentation, all eight are the same." if config.augment == "none" else "."))
 
 

@@ -195,7 +195,7 @@ _FAST: dict[str, dict[str, Any]] = {
     "scratch": dict(
         img_size=64, batch_size=32, epochs=20, optimizer="sgd", lr=0.05, momentum=0.9,
         weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, augment="signs",
-        resize="square", weights="none", budget=FAST_BUDGETS["scratch"],
+        resize="square", weights="none", budget=FAST_BUDGETS["scratch"], contrast="stretch",
     ),
 }
 

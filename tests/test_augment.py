@@ -15,7 +15,7 @@ def _batch(n: int = 16, size: int = 32) -> torch.Tensor:
 
 
 def test_eval_preprocessing_is_normalisation_only_for_square_resize() -> None:
-    config = resolve_config(approach="scratch", overrides={"img_size": 32})
+    config = resolve_config(approach="scratch", overrides={"img_size": 32, "contrast": "none"})
     batch = _batch()
     out = prepare_batch(batch, config=config, train=False)
     assert out.shape == (16, 3, 32, 32) and out.dtype == torch.float32
@@ -108,6 +108,7 @@ def test_contrast_setting_applies_to_evaluation_and_training_alike() -> None:
     # Exposure no longer reaches the network (up to the rounding of the darker copy to uint8).
     assert (bright_in - dark_in).abs().mean() < 0.05
     assert not torch.allclose(bright_in, normalize(photo))
+    assert resolve_config(approach="scratch").contrast == "stretch"  # the fast preset, chosen by measurement
     trained = prepare_batch(photo, config=config, train=True, generator=torch.Generator().manual_seed(0))
     gray = trained.mean(dim=1).flatten(1)  # standardised: the stretched range spans about 4 units
     assert float((gray.max(1).values - gray.min(1).values).min()) > 3.5

@@ -208,7 +208,8 @@ def test_every_setting_given_as_a_flag_rebuilds_the_same_config(weights_file: Pa
         "img_size": 40, "batch_size": 12, "epochs": 3, "optimizer": "adamw", "lr": 0.1 + 0.2, "momentum": 0.8,
         "weight_decay": 1e-3, "schedule": "step", "step_size": 3, "gamma": 0.5, "label_smoothing": 0.05,
         "patience": 2, "augment": "none", "resize": "tutorial", "weights": str(weights_file), "val_fraction": 0.3,
-        "seed": 9, "steps": 40, "warmup": 0.1, "ema": 0.99, "budget": 90.0, "min_size": 24})
+        "seed": 9, "steps": 40, "warmup": 0.1, "ema": 0.99, "budget": 90.0, "min_size": 24,
+        "contrast": "stretch"})
     preset = resolve_config(approach="finetune")
     for setting in SETTINGS[2:]:  # every value set by hand: a flag the parser ignored would show
         assert getattr(config, setting.name) != getattr(preset, setting.name), setting.name
