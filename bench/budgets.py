@@ -63,7 +63,9 @@ def run_budget(seconds: float, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = Path(result["run_dir"])
     rows, _ = read_metrics(run_dir)
     plan = json.loads((run_dir / "budget.json").read_text())
+    status = json.loads((run_dir / "status.json").read_text())
     row.update(run_id=result["run_id"], plan=plan, steps_run=result.get("budget", {}).get("steps_run"),
+               augment=status.get("augment"),
                last_val_acc=rows[-1]["val_acc"] if rows else None, best_val_acc=result["best_val_acc"],
                images=rows[-1].get("images") if rows else None, epochs=len(rows), within=wall <= seconds)
     return row
@@ -76,16 +78,18 @@ def markdown(results: dict[str, Any], *, plain_only: bool = False) -> str:
         if plain_only and record.get("extra"):
             continue
         parts.append(f"### {key}\n\nMeasured on {describe_machine(record['machine'])}.\n")
-        parts.append("| budget | wall s (whole command) | within | input | steps planned / run | images | "
-                     "last-epoch val acc | best-epoch val acc | planned s |\n|---|---|---|---|---|---|---|---|---|")
+        parts.append("| budget | wall s (whole command) | within | input | augmentation | steps planned / run | "
+                     "images | last-epoch val acc | best-epoch val acc | planned s |\n"
+                     "|---|---|---|---|---|---|---|---|---|---|")
         for row in record["rows"]:
             if "error" in row:
                 parts.append(f"| {format_duration(row['budget_s'])} | {row['wall_s']} | failed: {row['error']} "
-                             "| | | | | | |")
+                             "| | | | | | | |")
                 continue
             plan = row["plan"]
             parts.append(f"| {format_duration(row['budget_s'])} | {row['wall_s']:.0f} | "
                          f"{'yes' if row['within'] else '**no**'} | {plan['img_size']} px | "
+                         f"{row.get('augment') or '?'} | "
                          f"{plan['steps']} / {row['steps_run']} | {row['images']:,} | "
                          f"{100 * row['last_val_acc']:.2f}% | {100 * row['best_val_acc']:.2f}% | "
                          f"{plan['planned_s']:.0f} |")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -45,8 +46,9 @@ class FastSide:
     def __init__(self, ctx: Context, approach: str, images: torch.Tensor, labels: torch.Tensor,
                  *, total_steps: int) -> None:
         self.ctx, self.approach = ctx, approach
-        self.config: TrainConfig = resolve_config(approach=approach, preset="fast",
-                                                  overrides=config_overrides(approach, ctx.backbone))
+        config = resolve_config(approach=approach, preset="fast", overrides=config_overrides(approach, ctx.backbone))
+        # "auto" augmentation is decided per run by its length; time the costlier recipe it may pick.
+        self.config: TrainConfig = replace(config, augment="signs" if config.augment == "auto" else config.augment)
         self.device = ctx.device
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.config, num_classes=len(ctx.data.index.classes),

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from speedsign import datasets, faces, plots, quotas, ui
-from speedsign.config import APPROACHES, PRESETS
+from speedsign.config import APPROACHES, AUTO_MIN_EPOCHS, PRESETS
 from speedsign.data import DatasetIndex, image_sizes
 from speedsign.errors import UserError
 from speedsign.leaks import find_leaks
@@ -129,9 +129,15 @@ def augmentation_strip(index: DatasetIndex, relative: str, *, approach: str, pre
         st.error(ui.md(error))
         return
     st.image([original, *versions], width=96)
-    stretched = ", contrast stretched to its own dark and light levels" if config.contrast == "stretch" else ""
-    st.caption(f"First: as evaluated ({config.img_size} px{stretched}). Then recipe “{config.augment}”"
-               + (": no augmentation, all eight are the same." if config.augment == "none" else "."))
+    stretched = {"stretch": ", contrast stretched to its own dark and light levels",
+                 "centre": ", contrast stretched to the dark and light levels of its middle"}.get(config.contrast, "")
+    if config.augment == "auto":
+        recipe = (f"“signs”, which recipe “auto” trains with when a run shows every image at least "
+                  f"{AUTO_MIN_EPOCHS:g} times (a shorter run trains on the images as evaluated)")
+    else:
+        same = ": no augmentation, all eight are the same" if config.augment == "none" else ""
+        recipe = f"“{config.augment}”{same}"
+    st.caption(f"First: as evaluated ({config.img_size} px{stretched}). Then recipe {recipe}.")
 
 
 def leak_report(index: DatasetIndex) -> None:

@@ -9,6 +9,8 @@ Recipes (`TrainConfig.augment`):
 - tutorial: the PyTorch tutorial's RandomResizedCrop(scale 0.08-1) + RandomHorizontalFlip,
   kept so the two can be compared.
 - none: no augmentation (the frozen approach trains on cached features).
+- auto: signs when the run shows every training image at least AUTO_MIN_EPOCHS times, else none
+  (`resolve_augment`, decided once the run's steps are known, e.g. planned by a time budget).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from speedsign.config import IMAGENET_MEAN, IMAGENET_STD, TrainConfig
+from speedsign.config import AUTO_MIN_EPOCHS, IMAGENET_MEAN, IMAGENET_STD, TrainConfig
 
 MAX_TRANSLATE = 0.1  # of the image side
 ZOOM_AREA = (0.8, 1.0)  # fraction of the image kept when zooming in
@@ -28,6 +30,17 @@ CONTRAST = 0.3
 BLUR_PROBABILITY = 0.25
 STRETCH_QUANTILES = (0.02, 0.98)  # the dark and light levels that `stretch_contrast` maps to 0 and 1
 STRETCH_MIN_RANGE = 0.02  # a flat image is left nearly flat, not blown up to noise
+# contrast "centre" reads the levels on the middle of the image: a GTSRB crop keeps a 10% border
+# around its sign, and a dark sign against a bright sky would otherwise keep the sky's levels.
+CENTRE_SHARE = 0.6
+
+
+def resolve_augment(config: TrainConfig, *, images: int, n_train: int) -> str:
+    """The recipe a run trains with: `config.augment`, with "auto" decided by the images the run
+    will show (`images`, all steps x batch) against the size of its training split."""
+    if config.augment != "auto":
+        return config.augment
+    return "signs" if images >= AUTO_MIN_EPOCHS * max(1, n_train) else "none"
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -110,15 +123,17 @@ def jitter_light(images: torch.Tensor, *, generator: torch.Generator) -> torch.T
     return images.clamp_(0, 1)
 
 
-def stretch_contrast(pixels: torch.Tensor) -> torch.Tensor:
+def stretch_contrast(pixels: torch.Tensor, *, centre: bool = False) -> torch.Tensor:
     """Per-image levels: each image's 2% and 98% brightness quantiles become 0 and 1.
 
     GTSRB photos range from glare to near-black (median brightness 86 of 255); the classic
     remedy is per-image contrast normalisation, done here on whole float batches in [0, 1].
     One scale and offset per image, shared by its three channels, so colours keep their hue.
+    `centre`: the quantiles of the middle CENTRE_SHARE of the side only (where the sign is).
     """
     n = pixels.shape[0]
-    gray = pixels.mean(dim=1).reshape(n, -1)
+    measured = center_crop(pixels, max(1, round(CENTRE_SHARE * pixels.shape[-1]))) if centre else pixels
+    gray = measured.mean(dim=1).reshape(n, -1)
     low, high = torch.quantile(gray, torch.tensor(STRETCH_QUANTILES, device=pixels.device), dim=1)
     scale = (high - low).clamp_(min=STRETCH_MIN_RANGE).view(n, 1, 1, 1)
     return ((pixels - low.view(n, 1, 1, 1)) / scale).clamp_(0, 1)
@@ -142,6 +157,8 @@ def prepare_batch(images: torch.Tensor, *, config: TrainConfig, train: bool,
     smaller = size is not None and size != config.img_size
     size = config.img_size if size is None else size
     augment = config.augment if train else "none"
+    if augment == "auto":
+        raise ValueError("augment 'auto' is decided per run: resolve_augment() before training")
     pixels = images.float().div_(255.0)
     if augment == "none":
         pixels = center_crop(pixels, config.img_size)
@@ -157,9 +174,9 @@ def prepare_batch(images: torch.Tensor, *, config: TrainConfig, train: bool,
             pixels = jitter_light(pixels, generator=generator)
         else:  # tutorial: crop from the stored (larger) image, as RandomResizedCrop does
             pixels = _affine_sample(pixels, tutorial_affine(n, generator=generator, device=pixels.device), size)
-    if config.contrast == "stretch":
+    if config.contrast != "none":
         # Last, after the lighting jitter: training sees the levels that evaluation sees.
-        pixels = stretch_contrast(pixels)
+        pixels = stretch_contrast(pixels, centre=config.contrast == "centre")
     batch = standardize(pixels)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)

@@ -187,7 +187,8 @@ def time_step(module: nn.Module, *, config: TrainConfig, features: bool, device:
         trial.to(memory_format=torch.channels_last)
     trial.train()
     optimizer = build_optimizer([p for p in trial.parameters() if p.requires_grad], config)
-    sized = replace(config, img_size=img_size)
+    # "auto" augmentation is decided after the plan: time the recipe that costs more (signs).
+    sized = replace(config, img_size=img_size, augment="signs" if config.augment == "auto" else config.augment)
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(0)
     batch_size = config.batch_size
     if features:

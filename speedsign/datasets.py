@@ -291,7 +291,9 @@ def augmentation_preview(root: Path | str, relative: str, *, approach: str, pres
                              size=config.stored_size, resize=config.resize)
     # augment "none" is exactly the val preprocessing (centre crop), drawn back as pixels.
     plain = preview_augmentations(tensor, config=dataclasses.replace(config, augment="none"), n=1, seed=seed)[0]
-    versions = preview_augmentations(tensor, config=config, n=n, seed=seed)
+    # "auto" trains with "signs" on runs long enough for it (augment.resolve_augment): show those.
+    shown = dataclasses.replace(config, augment="signs") if config.augment == "auto" else config
+    versions = preview_augmentations(tensor, config=shown, n=n, seed=seed)
     return _hwc(plain), [_hwc(v) for v in versions], config
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from speedsign import __version__
+from speedsign.augment import resolve_augment
 from speedsign.budget import (
     CHECKPOINT_SECONDS,
     ENOUGH_IMAGES,
@@ -444,8 +445,16 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             atomic_write_json(budget.to_dict(), folder.budget)
         log(f"budget {config.budget:g} s: {budget.steps} steps at {budget.img_size} px "
             f"({budget.step_s:.3f} s each), planned {budget.planned_s:.0f} s")
+    # "auto" augmentation is decided now that the run's steps (and so its passes over the data) are known.
+    augment = resolve_augment(config, images=total_steps(config, steps_per_epoch=steps_per_epoch) * config.batch_size,
+                              n_train=n_train)
+    if augment != config.augment:
+        log(f"augmentation auto: {augment} ({total_steps(config, steps_per_epoch=steps_per_epoch)} steps of "
+            f"{config.batch_size} over {n_train} training images)")
+        config = replace(config, augment=augment)
     if status is not None:
-        status.update(epochs=config.epochs, planned_steps=total_steps(config, steps_per_epoch=steps_per_epoch))
+        status.update(epochs=config.epochs, planned_steps=total_steps(config, steps_per_epoch=steps_per_epoch),
+                      augment=config.augment)
     if budget is not None and status is not None:
         status.update(budget_s=budget.budget_s, planned_s=round(budget.planned_s, 2),
                       deadline=time.time() + budget_start + budget.planned_s - time.monotonic())

@@ -225,6 +225,7 @@ class RunStatus:
     planned_steps: int | None = None
     deadline: float | None = None
     steps_run: int | None = None
+    augment: str | None = None  # the training augmentation the run used ("auto" decides it per run)
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> RunStatus:

@@ -21,6 +21,7 @@ same Pillow and numpy, in any order and with any number of worker processes.
 
 from __future__ import annotations
 
+import colorsys
 import concurrent.futures
 import functools
 import json
@@ -44,6 +45,7 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 MAX_PER_CLASS = 100_000
 SIZE_RANGE = (16, 512)
+BACKGROUND_NOISE_GAIN = 4.0
 FACE_PX = 128  # side of the flat sign face before it is warped and shrunk
 _SUPERSAMPLE = 3  # faces are drawn at 3x and reduced once: smooth edges without a font
 INFO_NAME = "synth.json"
@@ -91,8 +93,19 @@ class RenderSettings:
     sensor_noise: Range = (0.0, 6.0)  # Gaussian standard deviation, 0..255 units
     chroma_probability: float = 0.3  # colour fringes of a cheap lens and Bayer demosaicing
     chroma_px: Range = (0.3, 1.0)  # red and blue shifted apart by this much, in output pixels
-    background_saturation: Range = (0.2, 1.0)  # a random colour, mixed with its grey: streets are muted
-    face_variants: int = 4  # stroke, ring and digit-size variants per class
+    # Backgrounds: two colours mixed by fractal noise (streets, trees and sky are not plain). Each
+    # colour's value is the sign's over a log-uniform ratio: GTSRB signs are mostly brighter than
+    # what is around them (real crops: centre/border median 1.5), and lit by the same light.
+    background_saturation: Range = (0.0, 0.5)  # HSV saturation of each colour: streets are muted
+    background_ratio: Range = (0.4, 4.0)  # the sign's brightness over the background's
+    background_texture: Range = (0.3, 1.0)  # how much of the second colour the noise mixes in, at most
+    face_variants: int = 4  # faces per class, each with its own proportions drawn from the four ranges below
+    # Proportions of a face (sign 274 of the StVO: digits about 0.45-0.5 of the diameter high,
+    # condensed, one stroke about 1/8 of their height; a red ring about a fifth of the radius).
+    ring_width: Range = (0.17, 0.23)  # of the radius
+    digit_height: Range = (0.44, 0.50)  # of the diameter
+    stroke_width: Range = (0.115, 0.14)  # of the digit height
+    digit_width: Range = (0.50, 0.56)  # of the digit height
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -132,6 +145,8 @@ class TrackParams:
     saturation: float  # factor, 1 when not changed
     brightness: float  # target mean value of the sign (the law reaches 267: clipped at 255)
     background: tuple[int, int, int]
+    background_mix: tuple[int, int, int]  # the second colour, mixed in by noise
+    texture: float  # share of background_mix where the noise is 1
     angle: float  # degrees
     corners: tuple[float, ...]  # 8 inward moves (fractions of the side), zeros when flat
     small: bool
@@ -230,14 +245,14 @@ class FaceStyle:
     narrow: float  # digit width, of its height
 
 
-# Sign 274 of the StVO: digits about 0.45-0.5 of the diameter high, condensed, with one
-# stroke about 1/8 of their height; a red ring about a fifth of the radius.
-FACE_STYLES: tuple[FaceStyle, ...] = (
-    FaceStyle(ring=0.20, digit_height=0.47, stroke=0.125, narrow=0.54),
-    FaceStyle(ring=0.17, digit_height=0.44, stroke=0.115, narrow=0.52),
-    FaceStyle(ring=0.23, digit_height=0.48, stroke=0.14, narrow=0.56),
-    FaceStyle(ring=0.19, digit_height=0.50, stroke=0.13, narrow=0.50),
-)
+FACE_STYLE_SEED = 274  # the StVO's number of the sign: variant k has the same proportions in every set
+
+
+def face_style(variant: int, settings: RenderSettings = DEFAULT_SETTINGS) -> FaceStyle:
+    """Variant `variant`'s proportions, drawn from the settings' ranges (the same variant, the same style)."""
+    rng = np.random.default_rng([FACE_STYLE_SEED, variant])
+    return FaceStyle(ring=_between(rng, settings.ring_width), digit_height=_between(rng, settings.digit_height),
+                     stroke=_between(rng, settings.stroke_width), narrow=_between(rng, settings.digit_width))
 
 
 def draw_digits(draw: ImageDraw.ImageDraw, text: str, *, px: int, style: FaceStyle,
@@ -260,12 +275,12 @@ def draw_digits(draw: ImageDraw.ImageDraw, text: str, *, px: int, style: FaceSty
                              fill=colour)
 
 
-@functools.lru_cache(maxsize=64)
-def draw_face(class_name: str, variant: int = 0) -> Image.Image:
+@functools.lru_cache(maxsize=1024)
+def draw_face(class_name: str, variant: int = 0, settings: RenderSettings = DEFAULT_SETTINGS) -> Image.Image:
     """The flat sign as RGBA on a transparent FACE_PX square (cached: drawn once per process)."""
     if class_name not in CLASS_NAMES:
         raise UserError(f"unknown class {class_name!r}; expected one of {', '.join(CLASS_NAMES)}")
-    style = FACE_STYLES[variant % len(FACE_STYLES)]
+    style = face_style(variant, settings)
     px = FACE_PX * _SUPERSAMPLE
     # Pillow premultiplies alpha when it resamples, so transparent pixels leave no fringe.
     face = Image.new("RGBA", (px, px), (128, 128, 128, 0))
@@ -308,12 +323,15 @@ def draw_brightness(rng: np.random.Generator, law: tuple[float, float, float, fl
     return low + width / (1 + math.exp(-(float(rng.standard_normal()) - a) / b))
 
 
-def draw_background(rng: np.random.Generator, saturation: Range) -> tuple[int, int, int]:
-    """A plain background colour: uniform RGB, its saturation scaled by a draw of `saturation`."""
-    colour = rng.integers(0, 256, size=3).astype(np.float64)
-    keep = _between(rng, saturation)
-    grey = colour.mean()
-    return tuple(int(round(grey + keep * (c - grey))) for c in colour)
+def draw_background(rng: np.random.Generator, *, saturation: Range, ratio: Range,
+                    sign_value: float) -> tuple[int, int, int]:
+    """A background colour: any hue, HSV saturation from `saturation`, and the value of the sign
+    (`sign_value`, 0..255) over a log-uniform draw of `ratio`, clipped to 255."""
+    hue = float(rng.random())
+    sat = _between(rng, saturation)
+    value = min(255.0, sign_value / math.exp(_between(rng, (math.log(ratio[0]), math.log(ratio[1])))))
+    rgb = colorsys.hsv_to_rgb(hue, sat, value / 255)
+    return tuple(int(round(255 * c)) for c in rgb)
 
 
 def draw_track_params(rng: np.random.Generator, settings: RenderSettings) -> TrackParams:
@@ -328,8 +346,12 @@ def draw_track_params(rng: np.random.Generator, settings: RenderSettings) -> Tra
         variant=int(rng.integers(s.face_variants)),
         hue=_between(rng, s.hue_degrees) if rng.random() < s.hue_probability else 0.0,
         saturation=_between(rng, s.saturation) if rng.random() < s.saturation_probability else 1.0,
-        brightness=draw_brightness(rng, s.brightness),
-        background=draw_background(rng, s.background_saturation),
+        brightness=(brightness := draw_brightness(rng, s.brightness)),
+        background=draw_background(rng, saturation=s.background_saturation, ratio=s.background_ratio,
+                                   sign_value=min(255.0, brightness)),
+        background_mix=draw_background(rng, saturation=s.background_saturation, ratio=s.background_ratio,
+                                       sign_value=min(255.0, brightness)),
+        texture=_between(rng, s.background_texture),
         angle=float(rng.uniform(-s.rotate_degrees, s.rotate_degrees))
         if rng.random() < s.rotate_probability else 0.0,
         corners=corners, small=small, px_start=ends[0], px_end=ends[1],
@@ -374,10 +396,11 @@ def noise_field(side: int = 256) -> np.ndarray:
     return (total - total.min()) / (total.max() - total.min())
 
 
-def noise_patch(rng: np.random.Generator, px: int) -> np.ndarray:
-    """A random crop of the noise field, shrunk to px x px."""
+def noise_patch(rng: np.random.Generator, px: int, *, zoom: tuple[int, int] = (4, 2)) -> np.ndarray:
+    """A random crop of the noise field, between 1/zoom[0] and 1/zoom[1] of its side, shrunk to
+    px x px: the larger the crop, the finer the texture."""
     field = noise_field()
-    side = int(rng.integers(field.shape[0] // 4, field.shape[0] // 2 + 1))
+    side = int(rng.integers(field.shape[0] // zoom[0], field.shape[0] // zoom[1] + 1))
     y, x = (int(v) for v in rng.integers(0, field.shape[0] - side + 1, size=2))
     crop = Image.fromarray(field[y:y + side, x:x + side], mode="F")
     return np.asarray(crop.resize((px, px), Image.Resampling.BOX))
@@ -470,7 +493,7 @@ def render_frame(class_name: str, track: TrackParams, frame: FrameParams, *,
     `warped` is the track's face after `warp_face`, when the caller has it: the pose is the
     same for every frame of a track, so render_track warps once (the warp is the costliest step).
     """
-    face = warped if warped is not None else warp_face(draw_face(class_name, track.variant), track)
+    face = warped if warped is not None else warp_face(draw_face(class_name, track.variant, settings), track)
     face = add_confetti(face, rng, patches=frame.confetti, side=settings.confetti_side)
     small = np.asarray(face.resize((frame.px, frame.px), Image.Resampling.BOX), dtype=np.float32)
     alpha = small[..., 3:] / 255
@@ -483,8 +506,13 @@ def render_frame(class_name: str, track: TrackParams, frame: FrameParams, *,
     mean = float(value[opaque].mean()) if opaque.any() else 1.0
     rgb = rgb * (track.brightness / max(mean, 1.0))
     canvas_px = max(frame.px + 2, round(frame.px / (1 - 2 * track.margin)))
-    canvas = np.empty((canvas_px, canvas_px, 3), dtype=np.float32)
-    canvas[:] = track.background
+    # Finer noise than the sign's: leaves, walls and sky at a distance.
+    field = noise_patch(np.random.default_rng([track.noise_seed, frame.px, 1]), canvas_px, zoom=(2, 1))
+    # Fractal noise sits near its mean: stretched, it leaves patches of either colour, as real scenes do.
+    field = np.clip((field - field.mean()) * BACKGROUND_NOISE_GAIN + 0.5, 0.0, 1.0)
+    mix = track.texture * field[..., None]
+    base, other = (np.array(c, dtype=np.float32) for c in (track.background, track.background_mix))
+    canvas = (base * (1 - mix) + other * mix).astype(np.float32)
     free = canvas_px - frame.px
     # The sign stays near the middle, as in a GTSRB crop: at most 40% of the margin off-centre.
     y = round(free * (0.5 + 0.4 * (frame.offset[1] - 0.5)))
@@ -510,7 +538,7 @@ def render_track(class_name: str, *, rng: np.random.Generator, size: int = DEFAU
     if class_name not in CLASS_NAMES:
         raise UserError(f"unknown class {class_name!r}; expected one of {', '.join(CLASS_NAMES)}")
     track = draw_track_params(rng, settings)
-    warped = warp_face(draw_face(class_name, track.variant), track)
+    warped = warp_face(draw_face(class_name, track.variant, settings), track)
     return [render_frame(class_name, track, draw_frame_params(rng, track, settings, k=k, n_frames=n_frames),
                          rng=rng, size=size, settings=settings, warped=warped)
             for k in range(n_frames)]

@@ -299,3 +299,19 @@ def test_a_progressive_run_trains_and_is_evaluated_at_full_size(synth_dir: Path,
     result = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path, device="cpu"))
     assert result.state == "done"
     assert torch.load(RunDir(result.run_dir).best, weights_only=True)["config"]["min_size"] == 16
+
+
+# ---------------------------------------------------------------- "auto" augmentation
+
+@pytest.mark.parametrize("steps, expected", [(7, "none"), (200, "signs")])
+def test_auto_augmentation_is_decided_by_the_run_length_and_recorded(steps: int, expected: str, synth_dir: Path,
+                                                                      tmp_path: Path, one_thread: None) -> None:
+    # Steps of 16 images against the set's training split: 7 steps are well under a pass, 200 are
+    # many passes (the tiny set holds a few dozen training images).
+    config = resolve_config(approach="scratch", overrides={**TINY, "budget": 0, "steps": steps, "augment": "auto",
+                                                           "img_size": 16})
+    result = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path, device="cpu"))
+    folder = RunDir(result.run_dir)
+    assert result.state == "done" and read_status(result.run_dir).augment == expected
+    assert torch.load(folder.best, weights_only=True)["config"]["augment"] == expected  # what it trained with
+    assert json.loads(folder.config.read_text())["config"]["augment"] == "auto"  # what was asked: the run's identity

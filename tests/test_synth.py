@@ -28,7 +28,8 @@ CUSTOM = synth.RenderSettings(
     perspective=(0.30, 0.35), perspective_probability=0.2, noise_weight=0.1, confetti_probability=0.9,
     confetti_patches=(20, 30), confetti_side=0.05, motion_blur_probability=0.6, motion_blur_px=(3, 4),
     sensor_noise=(2.0, 3.0), face_variants=2, chroma_probability=0.7, chroma_px=(0.6, 0.8),
-    background_saturation=(0.0, 0.1),
+    background_saturation=(0.0, 0.1), ring_width=(0.25, 0.27), digit_height=(0.36, 0.38), stroke_width=(0.2, 0.21),
+    digit_width=(0.7, 0.72),
 )
 ALL_OFF = dataclasses.replace(
     synth.DEFAULT_SETTINGS, small_fraction=0.0, hue_probability=0.0, saturation_probability=0.0,
@@ -78,7 +79,7 @@ def test_class_names_are_the_gtsrb_subset() -> None:
     )
 
 
-@pytest.mark.parametrize("variant", range(len(synth.FACE_STYLES)))
+@pytest.mark.parametrize("variant", range(synth.DEFAULT_SETTINGS.face_variants))
 @pytest.mark.parametrize("class_name", synth.CLASS_NAMES)
 def test_face_is_an_rgba_disc(class_name: str, variant: int) -> None:
     face = synth.draw_face(class_name, variant)
@@ -91,7 +92,7 @@ def test_face_is_an_rgba_disc(class_name: str, variant: int) -> None:
     assert (alpha[centre - 20:centre + 20, centre - 20:centre + 20] == 255).all()
 
 
-@pytest.mark.parametrize("variant", range(len(synth.FACE_STYLES)))
+@pytest.mark.parametrize("variant", range(synth.DEFAULT_SETTINGS.face_variants))
 def test_every_class_face_differs_from_every_other_in_pixels(variant: int) -> None:
     # Faces are drawn deterministically (no noise), so the same face differs by exactly 0. The
     # closest pair is speed_30 / speed_80 (a "3" is an "8" without its left halves): about 1.9
@@ -108,11 +109,30 @@ def test_every_class_face_differs_from_every_other_in_pixels(variant: int) -> No
 @pytest.mark.parametrize("class_name", synth.CLASS_NAMES)
 def test_face_variants_of_one_class_differ(class_name: str) -> None:
     # Closest measured: end_speed_80 variants 0/1 and 1/3, 2.5 mean and ~430 pixels over 64.
-    faces = [np.asarray(synth.draw_face(class_name, v), dtype=np.float64) for v in range(len(synth.FACE_STYLES))]
+    faces = [np.asarray(synth.draw_face(class_name, v), dtype=np.float64)
+             for v in range(synth.DEFAULT_SETTINGS.face_variants)]
     for (v, a), (w, b) in itertools.combinations(enumerate(faces), 2):
         diff = np.abs(a - b)
         assert diff.mean() > 1.0, (v, w, diff.mean())
         assert (diff.max(axis=2) > 64).sum() >= 200, (v, w)
+
+
+@pytest.mark.parametrize("settings", [synth.DEFAULT_SETTINGS, CUSTOM], ids=["default", "custom"])
+def test_face_proportions_stay_within_their_ranges(settings: synth.RenderSettings) -> None:
+    styles = [synth.face_style(v, settings) for v in range(200)]
+    for style in styles:
+        assert settings.ring_width[0] <= style.ring <= settings.ring_width[1]
+        assert settings.digit_height[0] <= style.digit_height <= settings.digit_height[1]
+        assert settings.stroke_width[0] <= style.stroke <= settings.stroke_width[1]
+        assert settings.digit_width[0] <= style.narrow <= settings.digit_width[1]
+    assert len(set(styles)) == len(styles)  # every variant its own proportions
+    assert synth.face_style(7, settings) == styles[7]  # the same variant, the same face in every set
+
+
+def test_custom_proportions_change_the_face() -> None:
+    plain = np.asarray(synth.draw_face("speed_50", 0), dtype=np.float64)
+    custom = np.asarray(synth.draw_face("speed_50", 0, CUSTOM), dtype=np.float64)
+    assert np.abs(plain - custom).mean() > 1.0
 
 
 def test_face_refuses_unknown_class() -> None:
