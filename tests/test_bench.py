@@ -231,10 +231,10 @@ def test_efficiency_and_budget_tables_read_their_records(tmp_path: Path) -> None
     assert "| ema | `--ema 0.99` | failed: ['boom']" in table and "X [avx2]" in table
     rows = [{"budget_s": 600.0, "command": "-m speedsign train --budget 600", "wall_s": 590.2, "within": True,
              "plan": {"img_size": 48, "steps": 900, "planned_s": 575.0}, "steps_run": 900, "images": 115_200,
-             "last_val_acc": 0.981, "best_val_acc": 0.982},
+             "last_val_acc": 0.981, "best_val_acc": 0.982, "augment": "signs"},
             {"budget_s": 300.0, "command": "-m speedsign train --budget 300", "wall_s": 3.0, "error": "bad"}]
     table = budgets.markdown({"scratch, avx2": {"machine": machine, "avx2_only": False, "rows": rows}})
-    assert "| 10 min | 590 | yes | 48 px | 900 / 900 | 115,200 | 98.10% | 98.20% | 575 |" in table
+    assert "| 10 min | 590 | yes | 48 px | signs | 900 / 900 | 115,200 | 98.10% | 98.20% | 575 |" in table
     assert "| 5 min | 3.0 | failed: bad" in table
     docs = tmp_path / "benchmarks.md"
     docs.write_text("intro\n")

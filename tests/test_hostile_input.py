@@ -80,10 +80,13 @@ class PeakMemory:
 
 @pytest.fixture(scope="module")
 def sign(synth_dir: Path) -> Image.Image:
-    """A 30 km/h sign at 64 px: digits make it asymmetric, so a wrong rotation shows."""
-    path = sorted((synth_dir / "train" / "speed_30").iterdir())[0]
-    with Image.open(path) as image:
-        return image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+    """A sign at 64 px whose digits make it asymmetric, so a wrong rotation shows: the brightest
+    rendered 30, 50 or 80 (a near-black one would be mostly clipped noise in the big photo)."""
+    paths = sorted(path for name in ("speed_30", "speed_50", "speed_80")
+                   for path in (synth_dir / "train" / name).iterdir())
+    images = [Image.open(path).convert("RGB") for path in paths]
+    brightest = max(images, key=lambda image: float(np.asarray(image).mean()))
+    return brightest.resize((64, 64), Image.Resampling.BILINEAR)
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,20 @@ def test_predictor_gives_the_val_split_probabilities_for_the_val_files(approach:
     assert predictor.temperature == read_temperature(run_dir) and predictor.calibration_problem is None
     saved = np.load(run_dir / "predictions_val.npz")  # raw: the temperature is fitted on them
     calibrated = apply_temperature(saved["probs"], predictor.temperature)
-    for row in range(3):
+    exact = 0
+    for row in range(len(saved["files"])):
         file = str(saved["files"][row])
         image = predictor.load_tensor(synth_dir / file).unsqueeze(0)
         assert np.allclose(predictor.probabilities(image, calibrated=False)[0], saved["probs"][row], atol=1e-4), file
-        assert np.allclose(predictor.probabilities(image)[0], calibrated[row], atol=1e-4), file
+        # apply_temperature starts from stored float32 probabilities; a probability that underflowed
+        # there lost its logit, which the predictor still has. A tiny overconfident model (T at its
+        # bound) has such rows: compare the calibrated values where nothing underflowed.
+        if saved["probs"][row].min() > 1e-30:
+            assert np.allclose(predictor.probabilities(image)[0], calibrated[row], atol=1e-4), file
+            exact += 1
+        else:
+            assert predictor.probabilities(image)[0].argmax() == calibrated[row].argmax(), file
+    assert exact > 0
 
 
 @pytest.mark.parametrize("approach", APPROACHES)

@@ -36,7 +36,8 @@ def hand_made_predictor(root: Path, approach: str, *, img_size: int = 64, resize
                         seed: int = 0) -> Predictor:
     """A random-init model at a size where layer4 has a real spatial grid (64 px -> 2x2)."""
     torch.manual_seed(seed)
-    overrides: dict[str, object] = {"img_size": img_size, "resize": resize}
+    # Plain normalisation (no contrast stretch): the tests below compute the input by hand.
+    overrides: dict[str, object] = {"img_size": img_size, "resize": resize, "contrast": "none"}
     if approach != "scratch":
         overrides["weights"] = "local.pth"  # only recorded; nothing is loaded from it here
     config = resolve_config(approach=approach, overrides=overrides)
