@@ -168,8 +168,21 @@ def batch_indices(n: int, batch_size: int, *, generator: torch.Generator | None,
 
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 instructions.
+ONEDNN_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                                      "AVX512_CORE_VNNI"})
+
+
 def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower.
+
+    A CPU held to AVX2 kernels (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2: the stand-in
+    for an AVX2-only machine) answers no, as that machine would.
+    """
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
+        return False
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 

@@ -3,6 +3,9 @@ schedules, early stopping and the per-epoch record."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +204,13 @@ def test_bf16_at_16_px_on_cpu_exits_2_before_any_run_folder(synth_dir: Path, tmp
                      "--precision", "bf16", "--device", "cpu", "--runs-dir", str(tmp_path / "runs")])
     assert code == 2 and "wrong gradients" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_cpu_held_to_avx2_kernels_has_no_native_bf16() -> None:
+    # The AVX2 stand-in must pick fp32 as an AVX2-only CPU would, not emulated bf16.
+    # A subprocess: torch reads ATEN_CPU_CAPABILITY once, at import.
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    code = ("import torch; from speedsign.train import resolve_precision; "
+            "print(resolve_precision('auto', torch.device('cpu'), img_size=64))")
+    answer = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "fp32", answer.stderr
