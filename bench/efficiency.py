@@ -217,7 +217,10 @@ def markdown(results: dict[str, Any]) -> str:
         machine = describe_machine(record["machine"])
         parts.append(f"### {key}\n\n{record['approach']}, seed {record['seed']} "
                      f"({'the tuning split' if record['seed'] else 'the standard split, untouched by the choices'}), "
-                     f"{record['images_budget']:,} training images at 64 px or the same FLOPs; measured on {machine}."
+                     f"{record['images_budget']:,} training images at {record.get('reference_size', 64)} px or the "
+                     f"same FLOPs; measured on {machine}."
+                     + (" frozen trains only its head, on features computed once: its seconds and images/s are "
+                        "the head's." if record["approach"] == "frozen" else "") +
                      " Val accuracy is the last epoch's (no checkpoint chosen on val); images to an accuracy are "
                      "counted at the end of the first epoch that reached it. Images do not depend on the machine or "
                      "its load; seconds do (other work shared these 2 cores at times).\n")
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     key = record_key(args, machine)
     record = previous.setdefault(key, {"machine": machine, "approach": args.approach, "seed": args.seed,
-                                       "extra": args.extra, "images_budget": args.images, "levers": {}})
+                                       "extra": args.extra, "images_budget": args.images,
+                                       "reference_size": args.reference_size, "levers": {}})
     for name in names:
         row = run_lever(name, LEVERS[name], args)
         record["levers"][name] = row
