@@ -82,21 +82,24 @@ class BudgetPlan:
     elapsed_s: float  # seconds already spent when the steps were planned (start-up, data)
     planned_s: float  # what the plan expects the whole command to take
     sizes: dict[str, float]  # input side -> measured seconds per step, for each size tried
+    augment: str = ""  # what "auto" augmentation became for these steps ("" when not auto)
 
     @property
     def epochs(self) -> int:
         return max(1, math.ceil(self.steps / max(1, self.steps_per_epoch)))
 
     def apply(self, config: TrainConfig) -> TrainConfig:
-        """The config the run trains with: the planned size and steps, epochs to match."""
-        return replace(config, img_size=self.img_size, steps=self.steps, epochs=self.epochs)
+        """The config the run trains with: the planned size, steps and augmentation, epochs to match."""
+        planned = replace(config, img_size=self.img_size, steps=self.steps, epochs=self.epochs)
+        return replace(planned, augment=self.augment) if self.augment else planned
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> BudgetPlan:
-        return BudgetPlan(**{k: data[k] for k in BudgetPlan.__dataclass_fields__})
+        required = {k for k in BudgetPlan.__dataclass_fields__ if k != "augment"}  # older plans lack it
+        return BudgetPlan(**{k: data[k] for k in BudgetPlan.__dataclass_fields__ if k in required or k in data})
 
 
 def safety_seconds(budget_s: float) -> float:

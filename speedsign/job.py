@@ -440,6 +440,10 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
         budget = plan_budget(model, config=config, inputs=inputs, device=device, precision=precision,
                              steps_per_epoch=steps_per_epoch, budget_start=budget_start,
                              sizes=sizes, device_name=describe_device(device))
+        if config.augment == "auto":
+            budget = plan_auto_augment(budget, model, config=config, inputs=inputs, device=device,
+                                       precision=precision, steps_per_epoch=steps_per_epoch,
+                                       budget_start=budget_start)
         config = budget.apply(config)
         if ctx.is_main:
             atomic_write_json(budget.to_dict(), folder.budget)
@@ -621,6 +625,24 @@ def plan_budget(model: nn.Module, *, config: TrainConfig, inputs: Inputs, device
                       steps=steps, steps_per_epoch=steps_per_epoch, step_s=round(step_s, 5),
                       eval_s=round(eval_s, 3), elapsed_s=round(elapsed_s, 2), planned_s=round(planned, 2),
                       sizes={str(k): round(v, 5) for k, v in sizes.items()})
+
+
+def plan_auto_augment(budget: BudgetPlan, model: nn.Module, *, config: TrainConfig, inputs: Inputs,
+                      device: torch.device, precision: str, steps_per_epoch: int,
+                      budget_start: float) -> BudgetPlan:
+    """Decide "auto" augmentation on the plan, which timed the costlier recipe (signs); when that
+    is "none", plan again with the time of a step without augmentation, so that the run uses its
+    whole budget. The decision stays: more steps of "none" never turn it back into "signs"."""
+    augment = resolve_augment(budget.apply(config), images=budget.steps * config.batch_size,
+                              n_train=int(inputs.train_labels.shape[0]))
+    if augment == "none" and not inputs.features and not config.min_size:
+        again = plan_budget(model, config=replace(config, augment="none"), inputs=inputs, device=device,
+                            precision=precision, steps_per_epoch=steps_per_epoch, budget_start=budget_start,
+                            sizes={}, device_name=describe_device(device))
+        budget = replace(again, sizes=budget.sizes)
+    log(f"augmentation auto: {augment} ({budget.steps} steps of {config.batch_size} over "
+        f"{int(inputs.train_labels.shape[0])} training images)")
+    return replace(budget, augment=augment)
 
 
 def reserve_for_test(eval_s: float, inputs: Inputs) -> float:

@@ -317,3 +317,26 @@ def test_auto_augmentation_is_decided_by_the_run_length_and_recorded(steps: int,
     assert result.state == "done" and read_status(result.run_dir).augment == expected
     assert torch.load(folder.best, weights_only=True)["config"]["augment"] == expected  # what it trained with
     assert json.loads(folder.config.read_text())["config"]["augment"] == "auto"  # what was asked: the run's identity
+
+
+@pytest.mark.parametrize("budget_s, expected, step_s", [(30, "none", 0.5), (100, "signs", 1.0)])
+def test_a_budget_that_turns_auto_augmentation_off_plans_again_with_the_cheaper_steps(
+        budget_s: int, expected: str, step_s: float, synth_dir: Path, tmp_path: Path, one_thread: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pretend a step takes 1 s with augmentation and 0.5 s without: the first plan times "signs"
+    # (the costlier recipe); a run too short for it is planned again at the time of "none".
+    def fake_time_step(module: torch.nn.Module, *, config: TrainConfig, features: bool, device: torch.device,
+                       precision: str, img_size: int) -> float:
+        return 0.5 if config.augment == "none" else 1.0
+
+    monkeypatch.setattr(job, "time_step", fake_time_step)
+    config = resolve_config(approach="scratch", overrides={**TINY, "epochs": 20, "augment": "auto",
+                                                           "budget": budget_s})
+    result = train_run(TrainRequest(config=config, data_dir=synth_dir, runs_dir=tmp_path, device="cpu"))
+    assert result.state == "done"
+    folder = RunDir(result.run_dir)
+    plan = BudgetPlan.from_dict(json.loads(folder.budget.read_text()))
+    assert (plan.augment, plan.step_s, plan.sizes) == (expected, step_s, {"16": 1.0})
+    assert read_status(result.run_dir).augment == expected
+    assert torch.load(folder.best, weights_only=True)["config"]["augment"] == expected
+    assert BudgetPlan.from_dict({k: v for k, v in plan.to_dict().items() if k != "augment"}).augment == ""  # old plans
