@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md",
                         help="replace the section between the sim2real markers here")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
-    parser.add_argument("--no-write", action="store_true", help="print only; write no docs")
+    parser.add_argument("--no-write", action="store_true", help="print only: write neither --json nor the docs")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: rewrite the docs from the --json file of an earlier run")
     return parser.parse_args(argv)
