@@ -251,3 +251,11 @@ def test_bench_docs_keep_the_sections_other_benches_wrote(tmp_path: Path) -> Non
     kept = report.kept_sections(docs.read_text())
     assert kept == ["## Synthetic to real\n\n<!-- sim2real:begin -->\n92.1%\n<!-- sim2real:end -->",
                     "## Time budgets\n\n<!-- budgets:begin -->\n10 min: 98%\n<!-- budgets:end -->"]
+
+
+def test_cuda_bench_counts_training_seconds_until_each_accuracy() -> None:
+    from bench.cuda import seconds_to
+
+    curve = [{"val_acc": 0.90, "seconds": 10.0}, {"val_acc": 0.975, "seconds": 12.5},
+             {"val_acc": 0.985, "seconds": 9.0}]
+    assert [seconds_to(curve, t) for t in (0.95, 0.97, 0.98, 0.99)] == [22.5, 22.5, 31.5, None]
