@@ -86,6 +86,7 @@ from speedsign.train import (
     distributed_from_env,
     epoch_generator,
     evaluate,
+    from_main,
     pick_device,
     resolve_precision,
     total_steps,
@@ -425,8 +426,9 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             # Enough: what the approach needs, or all the preset would show, when that is less.
             enough = min(ENOUGH_IMAGES[config.approach], config.epochs * len(plan.index.samples("train")))
             sizes = measure_sizes(model, config=config, device=device, precision=precision, enough_images=enough)
-            config = replace(config, img_size=choose_size(sizes, budget_s=config.budget,
-                                                           batch_size=config.batch_size, enough_images=enough))
+            config = replace(config, img_size=from_main(
+                choose_size(sizes, budget_s=config.budget, batch_size=config.batch_size, enough_images=enough),
+                ctx, device))
     elif budget is not None:
         config = budget.apply(config)
 
@@ -444,6 +446,7 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             budget = plan_auto_augment(budget, model, config=config, inputs=inputs, device=device,
                                        precision=precision, steps_per_epoch=steps_per_epoch,
                                        budget_start=budget_start)
+        budget = BudgetPlan.from_dict(from_main(budget.to_dict(), ctx, device))  # torchrun: rank 0's plan
         config = budget.apply(config)
         if ctx.is_main:
             atomic_write_json(budget.to_dict(), folder.budget)

@@ -90,6 +90,30 @@ def distributed_from_env() -> Distributed:
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
+def from_main(value: Any, ctx: Distributed, device: torch.device) -> Any:
+    """Rank 0's `value` on every rank: decisions timed on one machine (a budget's plan) must be
+    one decision, or ranks that planned different steps wait for each other forever."""
+    if not ctx.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
+
+
+def past_deadline(deadline: float, ctx: Distributed, device: torch.device) -> bool:
+    """Whether the budget's guard stops training now: on every rank at once when any rank is late."""
+    late = time.monotonic() >= deadline
+    if not ctx.active:
+        return late
+    flag = torch.tensor([1.0 if late else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+# Under torchrun, ranks agree on the budget's guard every this many steps (an all-reduce each).
+DEADLINE_CHECK_STEPS = 8
+
+
 def _all_sum(values: list[float], device: torch.device, ctx: Distributed) -> list[float]:
     if not ctx.active:
         return values
@@ -325,7 +349,8 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
                                                drop_last=n > batch_size), start=1):
         if max_steps is not None and step > max_steps:
             break
-        if deadline is not None and time.monotonic() >= deadline:
+        checked = not ctx.active or step % DEADLINE_CHECK_STEPS == 1  # every rank checks at the same steps
+        if deadline is not None and checked and past_deadline(deadline, ctx, device):
             break
         if stop is not None and stop():
             raise Stopped()
