@@ -22,11 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.efficiency import THRESHOLDS, images_to
+from bench.efficiency import DATA_DEFAULT, REPO, THRESHOLDS, images_to
 from speedsign.runs import read_metrics
-
-REPO = Path(__file__).resolve().parents[1]
-DATA_DEFAULT = REPO.parent / "shared" / "data" / "gtsrb-speed32"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

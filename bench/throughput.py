@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from bench.context import Context
 from bench.machine import achieved, forward_flops, matmul_peak_tflops
 from bench.timing import median, ratio, synchronize
 from bench.workspace import config_overrides, decoded_splits, tutorial_folder
+from speedsign.augment import costliest_recipe
 from speedsign.config import TrainConfig, resolve_config
 from speedsign.data import select_splits
 from speedsign.models import build_model, set_train_mode, trainable_parameters
@@ -46,9 +46,9 @@ class FastSide:
     def __init__(self, ctx: Context, approach: str, images: torch.Tensor, labels: torch.Tensor,
                  *, total_steps: int) -> None:
         self.ctx, self.approach = ctx, approach
-        config = resolve_config(approach=approach, preset="fast", overrides=config_overrides(approach, ctx.backbone))
         # "auto" augmentation is decided per run by its length; time the costlier recipe it may pick.
-        self.config: TrainConfig = replace(config, augment="signs" if config.augment == "auto" else config.augment)
+        self.config: TrainConfig = costliest_recipe(
+            resolve_config(approach=approach, preset="fast", overrides=config_overrides(approach, ctx.backbone)))
         self.device = ctx.device
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.config, num_classes=len(ctx.data.index.classes),

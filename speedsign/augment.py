@@ -15,6 +15,7 @@ Recipes (`TrainConfig.augment`):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -41,6 +42,12 @@ def resolve_augment(config: TrainConfig, *, images: int, n_train: int) -> str:
     if config.augment != "auto":
         return config.augment
     return "signs" if images >= AUTO_MIN_EPOCHS * max(1, n_train) else "none"
+
+
+def costliest_recipe(config: TrainConfig) -> TrainConfig:
+    """`config` with "auto" as the costlier recipe it may pick ("signs"): what a step is timed
+    with before the run's length decides, and what a preview of "auto" shows."""
+    return dataclasses.replace(config, augment="signs") if config.augment == "auto" else config
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speedsign.augment import costliest_recipe
 from speedsign.config import TrainConfig
 from speedsign.errors import UserError
 from speedsign.progress import format_seconds
@@ -98,8 +99,8 @@ class BudgetPlan:
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> BudgetPlan:
-        required = {k for k in BudgetPlan.__dataclass_fields__ if k != "augment"}  # older plans lack it
-        return BudgetPlan(**{k: data[k] for k in BudgetPlan.__dataclass_fields__ if k in required or k in data})
+        # Older plans lack `augment`, which has a default; any other missing field is a TypeError.
+        return BudgetPlan(**{k: data[k] for k in BudgetPlan.__dataclass_fields__ if k in data})
 
 
 def safety_seconds(budget_s: float) -> float:
@@ -190,8 +191,8 @@ def time_step(module: nn.Module, *, config: TrainConfig, features: bool, device:
         trial.to(memory_format=torch.channels_last)
     trial.train()
     optimizer = build_optimizer([p for p in trial.parameters() if p.requires_grad], config)
-    # "auto" augmentation is decided after the plan: time the recipe that costs more (signs).
-    sized = replace(config, img_size=img_size, augment="signs" if config.augment == "auto" else config.augment)
+    # "auto" augmentation is decided after the plan: time the recipe that costs more.
+    sized = replace(costliest_recipe(config), img_size=img_size)
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(0)
     batch_size = config.batch_size
     if features:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from speedsign.augment import costliest_recipe
 from speedsign.config import TrainConfig, resolve_config
 from speedsign.data import DatasetIndex, class_counts, scan_dataset
 from speedsign.errors import UserError
@@ -292,8 +293,7 @@ def augmentation_preview(root: Path | str, relative: str, *, approach: str, pres
     # augment "none" is exactly the val preprocessing (centre crop), drawn back as pixels.
     plain = preview_augmentations(tensor, config=dataclasses.replace(config, augment="none"), n=1, seed=seed)[0]
     # "auto" trains with "signs" on runs long enough for it (augment.resolve_augment): show those.
-    shown = dataclasses.replace(config, augment="signs") if config.augment == "auto" else config
-    versions = preview_augmentations(tensor, config=shown, n=n, seed=seed)
+    versions = preview_augmentations(tensor, config=costliest_recipe(config), n=n, seed=seed)
     return _hwc(plain), [_hwc(v) for v in versions], config
 
 

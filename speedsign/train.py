@@ -26,6 +26,7 @@ from torch import nn
 from speedsign.augment import prepare_batch
 from speedsign.config import PRECISIONS, TrainConfig
 from speedsign.errors import UserError
+from speedsign.machine import isa_limits
 from speedsign.models import backbone_features
 from speedsign.runs import RunDir, StatusWriter
 
@@ -205,7 +206,7 @@ def cpu_supports_bf16() -> bool:
     """
     if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
         return False
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16:
+    if isa_limits().get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16:
         return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
