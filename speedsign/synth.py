@@ -99,6 +99,16 @@ class RenderSettings:
     background_saturation: Range = (0.0, 0.5)  # HSV saturation of each colour: streets are muted
     background_ratio: Range = (0.4, 4.0)  # the sign's brightness over the background's
     background_texture: Range = (0.3, 1.0)  # how much of the second colour the noise mixes in, at most
+    # Light that the brightness law misses, one track in each case: a sign against a bright sky
+    # (a dark disc whose red ring hardly shows, which real photos of every class have), and a
+    # sunlit sign whose glare spreads into its strokes (thin, pale digits). Without them, dark
+    # speed signs were read as "end of 80" and glaring ones as the wrong number.
+    backlight_probability: float = 0.15
+    backlight_value: Range = (12.0, 70.0)  # mean value of the backlit sign, 0..255
+    backlight_ratio: Range = (0.1, 0.35)  # ... over the sky's (clipped at 255)
+    glare_probability: float = 0.15
+    glare_value: Range = (200.0, 330.0)  # mean value of the sign before clipping: it saturates
+    glare_px: Range = (0.4, 1.2)  # Gaussian radius, in output pixels, of the light spilling over
     face_variants: int = 4  # faces per class, each with its own proportions drawn from the four ranges below
     # Proportions of a face (sign 274 of the StVO: digits about 0.45-0.5 of the diameter high,
     # condensed, one stroke about 1/8 of their height; a red ring about a fifth of the radius).
@@ -115,6 +125,8 @@ class RenderSettings:
                     raise UserError(f"renderer setting {f.name} must be 0-1, got {value!r}")
             elif isinstance(value, tuple) and len(value) == 2 and not value[0] <= value[1]:
                 raise UserError(f"renderer setting {f.name} must be (low, high), got {value!r}")
+        if self.backlight_probability + self.glare_probability > 1:
+            raise UserError("backlight_probability and glare_probability must add up to at most 1")
         if not (1 <= self.motion_blur_px[0] and self.motion_blur_px[1] <= 5):
             raise UserError(f"motion_blur_px must lie in 1-5 (a 5x5 kernel), got {self.motion_blur_px!r}")
         if not (1 <= self.sign_px[0] and 1 <= self.small_px[0] and 1 <= self.face_variants):
@@ -143,7 +155,9 @@ class TrackParams:
     variant: int  # which face variant
     hue: float  # degrees, 0 when not shifted
     saturation: float  # factor, 1 when not changed
-    brightness: float  # target mean value of the sign (the law reaches 267: clipped at 255)
+    brightness: float  # target mean value of the sign (the law reaches 267, glare 330: clipped at 255)
+    light: str  # "law" (the brightness law), "backlight" or "glare"
+    glare: float  # radius of the spilled light in output pixels, 0 = none
     background: tuple[int, int, int]
     background_mix: tuple[int, int, int]  # the second colour, mixed in by noise
     texture: float  # share of background_mix where the noise is 1
@@ -334,6 +348,16 @@ def draw_background(rng: np.random.Generator, *, saturation: Range, ratio: Range
     return tuple(int(round(255 * c)) for c in rgb)
 
 
+def draw_light(rng: np.random.Generator, s: RenderSettings) -> tuple[str, float, Range]:
+    """How one track is lit: its kind, the sign's mean value, and the sign-over-background range."""
+    u = float(rng.random())
+    if u < s.backlight_probability:
+        return "backlight", _between(rng, s.backlight_value), s.backlight_ratio
+    if u < s.backlight_probability + s.glare_probability:
+        return "glare", _between(rng, s.glare_value), s.background_ratio
+    return "law", draw_brightness(rng, s.brightness), s.background_ratio
+
+
 def draw_track_params(rng: np.random.Generator, settings: RenderSettings) -> TrackParams:
     """Draw one physical sign: face variant, paint, light, pose, size and background."""
     s = settings
@@ -342,14 +366,16 @@ def draw_track_params(rng: np.random.Generator, settings: RenderSettings) -> Tra
     ends = sorted(int(v) for v in rng.integers(low, high + 1, size=2))
     corners = (tuple(float(v) for v in rng.uniform(*s.perspective, size=8))
                if rng.random() < s.perspective_probability else (0.0,) * 8)
+    light, brightness, ratio = draw_light(rng, s)
     return TrackParams(
         variant=int(rng.integers(s.face_variants)),
         hue=_between(rng, s.hue_degrees) if rng.random() < s.hue_probability else 0.0,
         saturation=_between(rng, s.saturation) if rng.random() < s.saturation_probability else 1.0,
-        brightness=(brightness := draw_brightness(rng, s.brightness)),
-        background=draw_background(rng, saturation=s.background_saturation, ratio=s.background_ratio,
+        brightness=brightness, light=light,
+        glare=_between(rng, s.glare_px) if light == "glare" else 0.0,
+        background=draw_background(rng, saturation=s.background_saturation, ratio=ratio,
                                    sign_value=min(255.0, brightness)),
-        background_mix=draw_background(rng, saturation=s.background_saturation, ratio=s.background_ratio,
+        background_mix=draw_background(rng, saturation=s.background_saturation, ratio=ratio,
                                        sign_value=min(255.0, brightness)),
         texture=_between(rng, s.background_texture),
         angle=float(rng.uniform(-s.rotate_degrees, s.rotate_degrees))
@@ -459,6 +485,15 @@ def shift_colour(rgb: np.ndarray, *, hue: float, saturation: float) -> np.ndarra
     return np.asarray(image)
 
 
+def add_glare(canvas: np.ndarray, *, radius: float) -> np.ndarray:
+    """Spread the light above 255 over `radius` pixels, as a lens and sensor do: it brightens
+    the dark strokes next to a saturated disc, so the digits come out thin and pale."""
+    # The excess stays under 255 (glare_value is at most 1.3x white), so it fits an 8-bit image.
+    excess = np.clip(canvas - 255.0, 0.0, 255.0).round().astype(np.uint8)
+    spread = Image.fromarray(excess, mode="RGB").filter(ImageFilter.GaussianBlur(radius))
+    return canvas + np.asarray(spread, dtype=np.float32)
+
+
 def motion_kernel(length: int, angle: float) -> ImageFilter.Kernel:
     """A 5x5 kernel averaging along a line of `length` (1-5) pixels at `angle` degrees."""
     if not 1 <= length <= 5:
@@ -519,6 +554,8 @@ def render_frame(class_name: str, track: TrackParams, frame: FrameParams, *,
     x = round(free * (0.5 + 0.4 * (frame.offset[0] - 0.5)))
     window = canvas[y:y + frame.px, x:x + frame.px]
     window[:] = window * (1 - alpha) + rgb * alpha
+    if track.glare:
+        canvas = add_glare(canvas, radius=track.glare * canvas_px / size)
     image = Image.fromarray(canvas.clip(0, 255).round().astype(np.uint8), mode="RGB")
     if frame.motion_blur:
         image = image.filter(motion_kernel(frame.motion_blur, frame.blur_angle))

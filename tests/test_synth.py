@@ -29,18 +29,21 @@ CUSTOM = synth.RenderSettings(
     confetti_patches=(20, 30), confetti_side=0.05, motion_blur_probability=0.6, motion_blur_px=(3, 4),
     sensor_noise=(2.0, 3.0), face_variants=2, chroma_probability=0.7, chroma_px=(0.6, 0.8),
     background_saturation=(0.0, 0.1), ring_width=(0.25, 0.27), digit_height=(0.36, 0.38), stroke_width=(0.2, 0.21),
-    digit_width=(0.7, 0.72),
+    digit_width=(0.7, 0.72), backlight_probability=0.3, backlight_value=(30.0, 40.0), backlight_ratio=(0.2, 0.25),
+    glare_probability=0.4, glare_value=(280.0, 300.0), glare_px=(0.8, 0.9),
 )
 ALL_OFF = dataclasses.replace(
     synth.DEFAULT_SETTINGS, small_fraction=0.0, hue_probability=0.0, saturation_probability=0.0,
     rotate_probability=0.0, perspective_probability=0.0, confetti_probability=0.0, motion_blur_probability=0.0,
-    chroma_probability=0.0,
+    chroma_probability=0.0, backlight_probability=0.0, glare_probability=0.0,
 )
+# Backlight and glare exclude each other (one light per track): ALL_ON has glare, BACKLIT the other.
 ALL_ON = dataclasses.replace(
     CUSTOM, small_fraction=1.0, hue_probability=1.0, saturation_probability=1.0,
     rotate_probability=1.0, perspective_probability=1.0, confetti_probability=1.0, motion_blur_probability=1.0,
-    chroma_probability=1.0,
+    chroma_probability=1.0, backlight_probability=0.0, glare_probability=1.0,
 )
+BACKLIT = dataclasses.replace(CUSTOM, backlight_probability=1.0, glare_probability=0.0)
 
 
 def render_one(class_name: str, *, rng: np.random.Generator, size: int = synth.DEFAULT_SIZE) -> Image.Image:
@@ -150,7 +153,13 @@ def test_every_degradation_stays_within_its_range(settings: synth.RenderSettings
         assert 0 <= track.variant < s.face_variants
         assert track.hue == 0.0 or within(track.hue, s.hue_degrees)
         assert track.saturation == 1.0 or within(track.saturation, s.saturation)
-        assert low <= track.brightness <= low + width
+        assert track.light in ("law", "backlight", "glare")
+        if track.light == "law":
+            assert low <= track.brightness <= low + width and track.glare == 0.0
+        elif track.light == "backlight":
+            assert within(track.brightness, s.backlight_value) and track.glare == 0.0
+        else:
+            assert within(track.brightness, s.glare_value) and within(track.glare, s.glare_px)
         assert len(track.background) == 3 and all(0 <= c <= 255 for c in track.background)
         # Saturation scaled by at most the range's top: the channels' spread around their mean
         # is at most that share of a uniform colour's, which is at most 255.
@@ -186,6 +195,8 @@ def test_degradation_probabilities_roughly_hold(settings: synth.RenderSettings) 
         return sum(flags) / len(flags)
 
     assert fraction([t.small for t in tracks]) == pytest.approx(s.small_fraction, abs=0.05)
+    assert fraction([t.light == "backlight" for t in tracks]) == pytest.approx(s.backlight_probability, abs=0.05)
+    assert fraction([t.light == "glare" for t in tracks]) == pytest.approx(s.glare_probability, abs=0.05)
     assert fraction([t.hue != 0 for t in tracks]) == pytest.approx(s.hue_probability, abs=0.05)
     assert fraction([t.saturation != 1 for t in tracks]) == pytest.approx(s.saturation_probability, abs=0.05)
     assert fraction([t.angle != 0 for t in tracks]) == pytest.approx(s.rotate_probability, abs=0.05)
@@ -210,6 +221,7 @@ def test_probability_zero_turns_every_degradation_off() -> None:
     for track, frames in draw_many(ALL_OFF):
         assert not track.small and track.hue == 0.0 and track.saturation == 1.0
         assert track.angle == 0.0 and track.corners == (0.0,) * 8
+        assert track.light == "law" and track.glare == 0.0
         assert all(f.confetti == 0 and f.motion_blur == 0 for f in frames)
 
 
@@ -218,8 +230,36 @@ def test_probability_one_turns_every_degradation_on() -> None:
     for track, frames in draw_many(s):
         assert track.small and within(track.hue, s.hue_degrees) and within(track.saturation, s.saturation)
         assert track.angle != 0.0 and all(within(c, s.perspective) for c in track.corners)
+        assert track.light == "glare" and within(track.glare, s.glare_px)
         assert all(within(f.confetti, s.confetti_patches) for f in frames)
         assert all(within(f.motion_blur, s.motion_blur_px) for f in frames)
+
+
+def test_backlight_probability_one_backlights_every_track() -> None:
+    for track, _ in draw_many(BACKLIT):
+        assert track.light == "backlight" and within(track.brightness, BACKLIT.backlight_value)
+        # The sky is brighter than the sign by the drawn ratio (up to clipping at 255).
+        assert max(track.background) >= min(255.0, track.brightness / BACKLIT.backlight_ratio[1]) - 2
+
+
+def test_backlit_sign_is_darker_than_its_sky() -> None:
+    rng = np.random.default_rng(5)
+    for class_name in ("speed_60", "end_speed_80"):
+        pixels = np.asarray(synth.render_track(class_name, rng=rng, n_frames=1,
+                                               settings=dataclasses.replace(BACKLIT, margin=(0.12, 0.12),
+                                                                            small_fraction=0.0))[0],
+                            dtype=np.float64).max(axis=2)
+        assert pixels[12:20, 12:20].mean() < 0.6 * np.concatenate([pixels[:2].ravel(), pixels[-2:].ravel()]).mean()
+
+
+def test_glare_spreads_light_into_dark_strokes_and_nothing_else() -> None:
+    canvas = np.full((20, 20, 3), 330.0, dtype=np.float32)
+    canvas[:, 9:11] = 20.0  # a dark stroke across a saturated disc
+    glared = synth.add_glare(canvas, radius=1.0)
+    assert glared[10, 10, 0] > canvas[10, 10, 0] + 20  # the stroke is paler ...
+    assert synth.add_glare(canvas, radius=2.0)[10, 10, 0] > glared[10, 10, 0]  # ... the more, the wider the glare
+    dim = np.full((8, 8, 3), 200.0, dtype=np.float32)
+    assert np.array_equal(synth.add_glare(dim, radius=1.0), dim)  # nothing saturates, nothing spreads
 
 
 def test_confetti_only_on_small_signs() -> None:
@@ -343,7 +383,8 @@ def test_motion_kernel_refuses_lengths_a_5x5_kernel_cannot_hold(length: int) -> 
 
 
 @pytest.mark.parametrize("bad", [{"motion_blur_px": (2, 7)}, {"rotate_probability": 1.5},
-                                 {"sign_px": (48, 18)}, {"noise_weight": -0.1}])
+                                 {"sign_px": (48, 18)}, {"noise_weight": -0.1},
+                                 {"backlight_probability": 0.6, "glare_probability": 0.5}])
 def test_bad_renderer_settings_are_refused(bad: dict) -> None:
     with pytest.raises(UserError):
         synth.RenderSettings(**bad)
@@ -358,7 +399,7 @@ def test_a_partial_last_track_is_the_start_of_the_whole_track(tmp_path: Path) ->
 
 def test_low_brightness_renders_a_darker_sign() -> None:
     track = synth.draw_track_params(np.random.default_rng(3), synth.DEFAULT_SETTINGS)
-    track = dataclasses.replace(track, margin=0.1, small=False)
+    track = dataclasses.replace(track, margin=0.1, small=False, light="law", glare=0.0)
     frame = synth.FrameParams(px=40, offset=(0.5, 0.5), confetti=0, motion_blur=0, blur_angle=0.0, sensor_noise=0.0,
                               chroma=0.0)
     means = []
