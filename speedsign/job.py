@@ -76,6 +76,7 @@ from speedsign.storage import atomic_torch_save, atomic_write_bytes, atomic_writ
 from speedsign.train import (
     Distributed,
     EpochRecord,
+    Pace,
     StopFlag,
     Stopped,
     build_ema,
@@ -510,13 +511,13 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     # test split's scoring, when the data has one.
     # After each epoch the guard moves earlier when that epoch's evaluation and checkpoint took
     # longer than timed at the start (a machine that got busy), never later.
-    def guard(eval_s: float) -> float | None:
-        if budget is None:
-            return None
+    def guard(eval_s: float) -> float:
+        assert budget is not None
         return (budget_start + budget.budget_s - 2 * eval_s - reserve_for_test(eval_s, inputs)
                 - safety_seconds(budget.budget_s))
 
-    hard_stop = guard(budget.eval_s) if budget is not None else None
+    pace = (Pace(end=guard(budget.eval_s), eval_s=budget.eval_s, steps_per_epoch=steps_per_epoch,
+                 first_step=state.steps_run) if budget is not None else None)
     if status is not None:
         status.update(phase="training", step=0, precision=precision)
     while state.epoch < config.epochs and state.steps_run < total:
@@ -529,7 +530,7 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             order=epoch_generator(config, epoch, device=torch.device("cpu")),
             generator=epoch_generator(config, epoch, device=device, salt=1 + ctx.rank), device=device, ctx=ctx,
             stop=stop, status=status, precision=precision, max_steps=total - state.steps_run,
-            ema=ema, ema_source=model, deadline=hard_stop, first_step=state.steps_run, total_steps=total)
+            ema=ema, ema_source=model, pace=pace, first_step=state.steps_run, total_steps=total)
         train_seconds = time.perf_counter() - epoch_started
         lr = optimizer.param_groups[0]["lr"]
         if not per_step:
@@ -537,9 +538,10 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
         finish_started = time.perf_counter()
         val_loss, val_acc, _ = evaluate(evaluated_module, inputs.val, inputs.val_labels, config=config,
                                         features=inputs.features, device=device, ctx=ctx, precision=precision)
-        if budget is not None:  # every rank alike: the evaluation, not rank 0's checkpoint, is timed
+        if pace is not None:  # every rank alike: the evaluation, not rank 0's checkpoint, is timed
             observed = CHECKPOINT_SECONDS + time.perf_counter() - finish_started
-            hard_stop = min(hard_stop, guard(max(budget.eval_s, observed)))
+            pace.eval_s = max(pace.eval_s, observed)
+            pace.end = min(pace.end, guard(pace.eval_s))
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             # NaN or inf weights answer nothing: a failed run, not a finished one at chance.
             loss = train_loss if not math.isfinite(train_loss) else val_loss
@@ -569,8 +571,9 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
                 f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} {record.images_per_s:.0f} img/s")
         if config.patience and state.stale_epochs >= config.patience:
             break
-        if hard_stop is not None and time.monotonic() >= hard_stop:
-            log(f"budget: stopping after {state.steps_run} of {total} steps, the time is up")
+        if pace is not None and pace.finished and state.steps_run < total:
+            log(f"budget: stopping after {state.steps_run} of {total} planned steps, the time is up; the machine "
+                f"was slower than planned, and the schedule kept pace (it reached step {scheduler.last_epoch})")
             break
 
     seconds = earlier_seconds + time.perf_counter() - started

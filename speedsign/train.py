@@ -101,18 +101,78 @@ def from_main(value: Any, ctx: Distributed, device: torch.device) -> Any:
     return box[0]
 
 
-def past_deadline(deadline: float, ctx: Distributed, device: torch.device) -> bool:
-    """Whether the budget's guard stops training now: on every rank at once when any rank is late."""
-    late = time.monotonic() >= deadline
+def agree_clock(train_seconds: float, left: float, ctx: Distributed, device: torch.device) -> tuple[float, float]:
+    """One reading of a budget's clock for every rank: the most training seconds any rank has
+    spent, and the least time any rank has left. Ranks that read their own clocks would stop,
+    or move their schedules, at different steps (and then wait for each other forever)."""
     if not ctx.active:
-        return late
-    flag = torch.tensor([1.0 if late else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+        return train_seconds, left
+    values = torch.tensor([train_seconds, -left], dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return float(values[0]), -float(values[1])
 
 
-# Under torchrun, ranks agree on the budget's guard every this many steps (an all-reduce each).
+# Under torchrun, ranks agree on the budget's clock every this many steps (an all-reduce each).
 DEADLINE_CHECK_STEPS = 8
+PACE_MIN_STEPS = 20  # steps timed before the pace may move the schedule: the first ones build caches
+
+
+@dataclass
+class Pace:
+    """A budgeted run's schedule keeps pace with the clock as well as the steps.
+
+    The plan times a few steps at the start. A machine that then slows down (other work, heat,
+    a shared host: 10-40% here) reached the guard with the schedule unfinished: runs stopped
+    after 80-90% of their steps with the learning rate still at a fifth of its peak. So at each
+    check the trainer estimates, at the pace seen so far, how many steps still fit before `end`
+    (the epoch-end evaluations included), and advances the schedule faster when fewer fit than
+    it has left, so that it ends when the time does. A faster machine changes nothing.
+    """
+
+    end: float  # time.monotonic() past which no step starts (the budget's guard)
+    eval_s: float  # one epoch-end evaluation and checkpoint
+    steps_per_epoch: int
+    first_step: int = 0  # the run's steps before this process (a resumed run)
+    train_seconds: float = 0.0  # seconds spent in training passes by this process, evaluations excluded
+    finished: bool = False  # the time is up, or the schedule has run its course
+    clock: Callable[[], float] = time.monotonic  # what `end` is read against
+    _speed: float = 1.0  # schedule steps per training step
+    _owed: float = 0.0  # schedule steps owed beyond one per training step
+
+    def check(self, scheduler: Any, *, steps_done: int, pass_seconds: float, ctx: Distributed,
+              device: torch.device) -> None:
+        """Read the clock (agreed over ranks); set `finished`, or the schedule's speed."""
+        trained, left = agree_clock(self.train_seconds + pass_seconds, self.end - self.clock(), ctx, device)
+        length = schedule_length(scheduler)
+        if left <= 0 or scheduler.last_epoch >= length:
+            self.finished = True
+            return
+        timed = steps_done - self.first_step
+        if timed < PACE_MIN_STEPS:
+            return
+        epochs_planned = math.ceil(length / self.steps_per_epoch)
+        evaluations = max(0, epochs_planned - 1 - steps_done // self.steps_per_epoch)  # the last is in the guard
+        fit = max(0.0, left - evaluations * self.eval_s) / (trained / timed)
+        self._speed = max(1.0, (length - scheduler.last_epoch) / max(fit, 1.0))
+
+    def advance(self, scheduler: Any) -> None:
+        """After the step's own schedule step: the extra steps owed at this speed, never past the end."""
+        self._owed += self._speed - 1.0
+        length = schedule_length(scheduler)
+        while self._owed >= 1.0 and scheduler.last_epoch < length:
+            scheduler.step()
+            self._owed -= 1.0
+        if scheduler.last_epoch >= length:
+            self.finished = True
+
+
+def schedule_length(scheduler: Any) -> int:
+    """Steps of a per-step schedule: past them one-cycle refuses to step and cosine climbs again."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        return int(scheduler.total_steps)
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return int(scheduler.T_max)
+    return 2**62  # a constant schedule never ends
 
 
 def _all_sum(values: list[float], device: torch.device, ctx: Distributed) -> list[float]:
@@ -328,14 +388,15 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
                     ctx: Distributed = Distributed(), stop: StopFlag | None = None,
                     status: StatusWriter | None = None, precision: str = "fp32", max_steps: int | None = None,
                     ema: Any = None, ema_source: nn.Module | None = None,
-                    deadline: float | None = None, first_step: int = 0,
+                    pace: Pace | None = None, first_step: int = 0,
                     total_steps: int | None = None) -> tuple[float, float, int]:
     """One pass over the training inputs; returns mean loss, accuracy and images seen (all ranks).
 
     `order` shuffles (the same on every rank); `generator` draws the augmentation. `stop` is
     checked before every step; `status` gets the step count every 20 steps. `max_steps` ends
     the pass early (the last epoch of a run with `steps`); `ema` is updated from `ema_source`
-    after every step. Past `deadline` (time.monotonic()) the pass ends: a budget's guard.
+    after every step. `pace` (a time budget) ends the pass when the time is up or the schedule
+    is over, and moves the schedule on when the machine is slower than planned.
     `first_step` and `total_steps` place the pass in the run, for progressive resizing.
     """
     n = int(labels.shape[0])
@@ -346,12 +407,16 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     seen = 0
     if max_steps is not None:
         total = min(total, max_steps)
+    pass_started = time.perf_counter()
     for step, index in enumerate(batch_indices(n, batch_size, generator=order, ctx=ctx,
                                                drop_last=n > batch_size), start=1):
         if max_steps is not None and step > max_steps:
             break
         checked = not ctx.active or step % DEADLINE_CHECK_STEPS == 1  # every rank checks at the same steps
-        if deadline is not None and checked and past_deadline(deadline, ctx, device):
+        if pace is not None and checked:
+            pace.check(scheduler, steps_done=first_step + step - 1, pass_seconds=time.perf_counter() - pass_started,
+                       ctx=ctx, device=device)
+        if pace is not None and pace.finished:
             break
         if stop is not None and stop():
             raise Stopped()
@@ -368,6 +433,8 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         optimizer.step()
         if per_step:
             scheduler.step()
+            if pace is not None:
+                pace.advance(scheduler)
         if ema is not None:
             ema.update_parameters(ema_source)
         # Sums stay on the device: reading them every step would synchronise a GPU.
@@ -376,6 +443,8 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         seen += len(target)
         if status is not None and step % 20 == 0:
             status.update(step=step, steps=total)
+    if pace is not None:
+        pace.train_seconds += time.perf_counter() - pass_started
     loss_total, correct_total, seen_total = _all_sum([float(loss_sum), float(correct), float(seen)], device, ctx)
     return loss_total / max(seen_total, 1), correct_total / max(seen_total, 1), int(seen_total)
 

@@ -18,6 +18,7 @@ from speedsign.config import FAST_BUDGETS, LATER_DEFAULTS, TrainConfig, resolve_
 from speedsign.errors import UserError
 from speedsign.job import TrainRequest, plan_run, train_run
 from speedsign.runs import RunDir, read_metrics, read_status
+from speedsign.train import Distributed, Pace
 
 TINY = {"img_size": 16, "batch_size": 16, "epochs": 3}
 
@@ -177,6 +178,84 @@ def test_an_optimistic_plan_still_stops_at_the_budget(synth_dir: Path, tmp_path:
     status = read_status(result.run_dir)
     assert status.steps_run < status.planned_steps  # stopped by the guard, not by the plan
     assert "the time is up" in capsys.readouterr().err
+    # ... and the schedule kept pace: it ended annealed, not cut off near its peak.
+    rows, _ = read_metrics(result.run_dir)
+    assert rows[-1]["lr"] < 0.01 * resolve_config(approach="scratch").lr
+
+
+def one_cycle(length: int, lr: float = 0.1) -> torch.optim.lr_scheduler.OneCycleLR:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=length)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def paced(left: float, *, eval_s: float = 0.0, steps_per_epoch: int = 1000) -> Pace:
+    """A pace whose time runs out `left` seconds from now, on a clock the test moves."""
+    return Pace(end=left, eval_s=eval_s, steps_per_epoch=steps_per_epoch, clock=FakeClock())
+
+
+def run_paced(scheduler: torch.optim.lr_scheduler.OneCycleLR, pace: Pace, *, steps: int, step_s: float,
+              done: int = 0) -> int:
+    """Training steps of `step_s` seconds each, `done` of them before this pass, until the
+    pace says stop or `steps` ran; returns the steps run."""
+    clock, cpu = pace.clock, torch.device("cpu")
+    assert isinstance(clock, FakeClock)
+    for step in range(steps):
+        pace.check(scheduler, steps_done=done + step, pass_seconds=step_s * (done + step), ctx=Distributed(),
+                   device=cpu)
+        if pace.finished:
+            return step
+        scheduler.optimizer.step()
+        scheduler.step()
+        pace.advance(scheduler)
+        clock.now += step_s
+    return steps
+
+
+def test_pace_leaves_the_schedule_alone_when_the_steps_fit() -> None:
+    scheduler = one_cycle(100)
+    pace = paced(1000.0, steps_per_epoch=100)
+    assert run_paced(scheduler, pace, steps=100, step_s=0.01) == 100
+    assert scheduler.last_epoch == 100 and pace.finished  # one schedule step per training step
+
+
+def test_pace_hurries_the_schedule_when_fewer_steps_fit_than_it_has_left() -> None:
+    # After 30 steps of 1 s, 35 s are left for the other 70 scheduled steps: about half fit, so
+    # the schedule moves about twice as fast, and ends annealed when the time does.
+    scheduler = one_cycle(100)
+    for _ in range(30):
+        scheduler.optimizer.step()
+        scheduler.step()
+    pace = paced(35.0)
+    ran = run_paced(scheduler, pace, steps=70, step_s=1.0, done=30)
+    assert 30 <= ran <= 40 and pace.finished
+    assert scheduler.last_epoch == 100  # never past the end: one-cycle would refuse that step
+    assert scheduler.get_last_lr()[0] < 1e-4
+
+
+def test_pace_counts_the_evaluations_still_to_come() -> None:
+    # The same, but three epoch-end evaluations of 5 s are due before the end: fewer steps fit.
+    scheduler, free = one_cycle(100), one_cycle(100)
+    for _ in range(30):
+        for schedule in (scheduler, free):
+            schedule.optimizer.step()
+            schedule.step()
+    busy = run_paced(scheduler, paced(35.0, eval_s=5.0, steps_per_epoch=25), steps=70, step_s=1.0, done=30)
+    idle = run_paced(free, paced(35.0, steps_per_epoch=25), steps=70, step_s=1.0, done=30)
+    assert busy < idle
+
+
+def test_pace_stops_when_the_time_is_up() -> None:
+    scheduler = one_cycle(100)
+    pace = paced(-1.0, steps_per_epoch=100)
+    assert run_paced(scheduler, pace, steps=100, step_s=0.01) == 0 and pace.finished
 
 
 def test_evaluations_that_slow_down_move_the_guard_earlier(synth_dir: Path, tmp_path: Path, one_thread: None,

@@ -70,19 +70,18 @@ def test_torchrun_ranks_share_one_budget_plan_and_stop_together(synth_dir: Path,
 
 
 def _agree(rank: int, port: int, answers: dict) -> None:
-    import time
-
     import torch.distributed as dist
 
-    from speedsign.train import Distributed, from_main, past_deadline
+    from speedsign.train import Distributed, agree_clock, from_main
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         ctx, cpu = Distributed(rank=rank, world_size=2), torch.device("cpu")
         plan = from_main({"steps": 100 + rank}, ctx, cpu)  # each rank timed its own steps
-        # rank 0 is past its deadline, rank 1 not yet: both stop
-        late = past_deadline(time.monotonic() + (-1.0 if rank == 0 else 3600.0), ctx, cpu)
-        answers[rank] = (plan["steps"], late)
+        # rank 0 is past its deadline, rank 1 not yet: both stop; and both read the slower
+        # rank's training seconds, so their schedules keep the same pace
+        trained, left = agree_clock(10.0 + rank, -1.0 if rank == 0 else 3600.0, ctx, cpu)
+        answers[rank] = (plan["steps"], left <= 0, trained)
     finally:
         dist.destroy_process_group()
 
@@ -97,4 +96,4 @@ def test_ranks_take_rank_0s_plan_and_stop_when_any_rank_is_late() -> None:
         port = probe.getsockname()[1]
     answers = mp.Manager().dict()
     mp.spawn(_agree, args=(port, answers), nprocs=2, join=True)
-    assert dict(answers) == {0: (100, True), 1: (100, True)}
+    assert dict(answers) == {0: (100, True, 11.0), 1: (100, True, 11.0)}
