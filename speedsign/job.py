@@ -90,6 +90,7 @@ from speedsign.train import (
     from_main,
     pick_device,
     resolve_precision,
+    smallest_side,
     total_steps,
     train_one_epoch,
 )
@@ -232,7 +233,7 @@ def check_weights(request: TrainRequest) -> None:
 def check_request(request: TrainRequest) -> None:
     """Everything that refuses a request before a run folder exists: backbone, device, precision."""
     check_weights(request)
-    resolve_precision(request.precision, pick_device(request.device), img_size=request.config.img_size)
+    resolve_precision(request.precision, pick_device(request.device), img_size=smallest_side(request.config))
 
 
 def write_run_config(plan: RunPlan, request: TrainRequest) -> None:
@@ -410,7 +411,7 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
 
     backbone = resolve_weights(config.weights, runs_dir=request.runs_dir) if config.approach != "scratch" else None
     model = build_model(config, num_classes=len(classes), backbone=backbone)
-    precision = resolve_precision(request.precision, device, img_size=config.img_size)
+    precision = resolve_precision(request.precision, device, img_size=smallest_side(config))
     features = config.approach == "frozen"
     resume = None if request.force else load_resume(folder)
 

@@ -369,6 +369,12 @@ GROW_SHARE = 0.75  # progressive resizing reaches the full side after this share
 SIZE_STEP = 8  # sides grow in multiples of this
 
 
+def smallest_side(config: TrainConfig) -> int:
+    """The smallest input side a run trains at: `min_size` under progressive resizing. Precision is
+    chosen for it, as bf16 on a CPU is wrong at 16 px and below."""
+    return min(config.img_size, config.min_size or config.img_size)
+
+
 def train_size(config: TrainConfig, step: int, total: int) -> int:
     """The training side at global step `step` (0-based) of `total`: `min_size` growing linearly to
     `img_size` over the first GROW_SHARE of the steps (FFCV's progressive resizing), else `img_size`.

@@ -382,6 +382,19 @@ def test_a_progressive_run_trains_and_is_evaluated_at_full_size(synth_dir: Path,
     assert torch.load(RunDir(result.run_dir).best, weights_only=True)["config"]["min_size"] == 16
 
 
+def test_a_progressive_run_chooses_its_precision_for_its_smallest_side(tmp_path: Path) -> None:
+    # bf16 on a CPU is wrong at 16 px: a run growing from 16 to 32 px diverged with a NaN loss
+    # when its precision was chosen for 32 px.
+    from speedsign.train import resolve_precision, smallest_side
+
+    config = resolve_config(approach="scratch", overrides={"img_size": 32, "min_size": 16})
+    assert smallest_side(config) == 16 and smallest_side(resolve_config(approach="scratch")) == 64
+    assert resolve_precision("auto", torch.device("cpu"), img_size=smallest_side(config)) == "fp32"
+    request = TrainRequest(config=config, data_dir=tmp_path, runs_dir=tmp_path, device="cpu", precision="bf16")
+    with pytest.raises(UserError, match="16 px"):
+        job.check_request(request)
+
+
 # ---------------------------------------------------------------- "auto" augmentation
 
 @pytest.mark.parametrize("steps, expected", [(7, "none"), (60, "signs")])
