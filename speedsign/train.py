@@ -150,9 +150,11 @@ class Pace:
         timed = steps_done - self.first_step
         if timed < PACE_MIN_STEPS:
             return
-        epochs_planned = math.ceil(length / self.steps_per_epoch)
-        evaluations = max(0, epochs_planned - 1 - steps_done // self.steps_per_epoch)  # the last is in the guard
-        fit = max(0.0, left - evaluations * self.eval_s) / (trained / timed)
+        step_s = trained / timed
+        fit = left / step_s
+        for _ in range(2):  # the epoch ends that the steps which fit would cross, each with its evaluation
+            crossed = (steps_done + int(fit)) // self.steps_per_epoch - steps_done // self.steps_per_epoch
+            fit = max(0.0, left - crossed * self.eval_s) / step_s
         self._speed = max(1.0, (length - scheduler.last_epoch) / max(fit, 1.0))
 
     def advance(self, scheduler: Any) -> None:

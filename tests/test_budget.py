@@ -203,8 +203,9 @@ def paced(left: float, *, eval_s: float = 0.0, steps_per_epoch: int = 1000) -> P
 
 def run_paced(scheduler: torch.optim.lr_scheduler.OneCycleLR, pace: Pace, *, steps: int, step_s: float,
               done: int = 0) -> int:
-    """Training steps of `step_s` seconds each, `done` of them before this pass, until the
-    pace says stop or `steps` ran; returns the steps run."""
+    """Training steps of `step_s` seconds each (and an evaluation of `pace.eval_s` at each epoch's
+    end), `done` of them before this pass, until the pace says stop or `steps` ran; returns the
+    steps run."""
     clock, cpu = pace.clock, torch.device("cpu")
     assert isinstance(clock, FakeClock)
     for step in range(steps):
@@ -216,6 +217,8 @@ def run_paced(scheduler: torch.optim.lr_scheduler.OneCycleLR, pace: Pace, *, ste
         scheduler.step()
         pace.advance(scheduler)
         clock.now += step_s
+        if (done + step + 1) % pace.steps_per_epoch == 0:
+            clock.now += pace.eval_s  # the epoch-end evaluation
     return steps
 
 
@@ -249,7 +252,8 @@ def test_pace_counts_the_evaluations_still_to_come() -> None:
             schedule.step()
     busy = run_paced(scheduler, paced(35.0, eval_s=5.0, steps_per_epoch=25), steps=70, step_s=1.0, done=30)
     idle = run_paced(free, paced(35.0, steps_per_epoch=25), steps=70, step_s=1.0, done=30)
-    assert busy < idle
+    assert busy < idle and 28 <= busy <= 31  # 35 s less the evaluation at step 50
+    assert scheduler.last_epoch == free.last_epoch == 100
 
 
 def test_pace_stops_when_the_time_is_up() -> None:
