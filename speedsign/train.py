@@ -150,7 +150,7 @@ class Pace:
         timed = steps_done - self.first_step
         if timed < PACE_MIN_STEPS:
             return
-        step_s = trained / timed
+        step_s = max(trained, 1e-9) / timed
         fit = left / step_s
         for _ in range(2):  # the epoch ends that the steps which fit would cross, each with its evaluation
             crossed = (steps_done + int(fit)) // self.steps_per_epoch - steps_done // self.steps_per_epoch
