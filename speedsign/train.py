@@ -123,7 +123,7 @@ class Pace:
 
     The plan times a few steps at the start. A machine that then slows down (other work, heat,
     a shared host: 10-40% here) reached the guard with the schedule unfinished: runs stopped
-    after 80-90% of their steps with the learning rate still at a fifth of its peak. So at each
+    after 62-92% of their steps with the learning rate still at 10-40% of its peak. So at each
     check the trainer estimates, at the pace seen so far, how many steps still fit before `end`
     (the epoch-end evaluations included), and advances the schedule faster when fewer fit than
     it has left, so that it ends when the time does. A faster machine changes nothing.
