@@ -113,7 +113,7 @@ def agree_clock(train_seconds: float, left: float, ctx: Distributed, device: tor
 
 
 # Under torchrun, ranks agree on the budget's clock every this many steps (an all-reduce each).
-DEADLINE_CHECK_STEPS = 8
+CLOCK_CHECK_STEPS = 8
 PACE_MIN_STEPS = 20  # steps timed before the pace may move the schedule: the first ones build caches
 
 
@@ -420,7 +420,7 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
                                                drop_last=n > batch_size), start=1):
         if max_steps is not None and step > max_steps:
             break
-        checked = not ctx.active or step % DEADLINE_CHECK_STEPS == 1  # every rank checks at the same steps
+        checked = not ctx.active or step % CLOCK_CHECK_STEPS == 1  # every rank checks at the same steps
         if pace is not None and checked:
             pace.check(scheduler, steps_done=first_step + step - 1, pass_seconds=time.perf_counter() - pass_started,
                        ctx=ctx, device=device)
