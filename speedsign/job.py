@@ -90,6 +90,7 @@ from speedsign.train import (
     from_main,
     pick_device,
     resolve_precision,
+    schedule_length,
     smallest_side,
     total_steps,
     train_one_epoch,
@@ -438,6 +439,7 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     inputs = load_inputs(plan, model, config=config, device=device, report=report)
     n_train = int(inputs.train_labels.shape[0])
     steps_per_epoch = max(1, n_train // config.batch_size) if n_train > config.batch_size else 1
+    preset_epochs = config.epochs  # a budget never trains longer than this, however fast the machine
     if config.steps:  # steps decide the length; the epochs follow (the last one may be partial)
         config = replace(config, epochs=math.ceil(config.steps / steps_per_epoch))
     if config.budgeted and budget is None:
@@ -517,11 +519,18 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
         return (budget_start + budget.budget_s - 2 * eval_s - reserve_for_test(eval_s, inputs)
                 - safety_seconds(budget.budget_s))
 
-    pace = (Pace(end=guard(budget.eval_s), eval_s=budget.eval_s, steps_per_epoch=steps_per_epoch,
-                 first_step=state.steps_run) if budget is not None else None)
+    # A budget's per-step schedule keeps pace with the clock: it may end before the planned steps
+    # (a machine slower than timed) or after them (a faster one), up to the preset's length.
+    pace, epochs, limit = None, config.epochs, total
+    if budget is not None:
+        if per_step:
+            epochs = max(config.epochs, preset_epochs)
+            limit = max(total, epochs * steps_per_epoch)
+        pace = Pace(end=guard(budget.eval_s), eval_s=budget.eval_s, steps_per_epoch=steps_per_epoch,
+                    first_step=state.steps_run, max_steps=limit)
     if status is not None:
         status.update(phase="training", step=0, precision=precision)
-    while state.epoch < config.epochs and state.steps_run < total:
+    while state.epoch < epochs and state.steps_run < limit:
         epoch = state.epoch + 1
         epoch_started = time.perf_counter()
         set_train_mode(model, approach=config.approach)
@@ -530,7 +539,7 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             optimizer=optimizer, scheduler=scheduler, per_step=per_step,
             order=epoch_generator(config, epoch, device=torch.device("cpu")),
             generator=epoch_generator(config, epoch, device=device, salt=1 + ctx.rank), device=device, ctx=ctx,
-            stop=stop, status=status, precision=precision, max_steps=total - state.steps_run,
+            stop=stop, status=status, precision=precision, max_steps=limit - state.steps_run,
             ema=ema, ema_source=model, pace=pace, first_step=state.steps_run, total_steps=total)
         train_seconds = time.perf_counter() - epoch_started
         lr = optimizer.param_groups[0]["lr"]
@@ -565,16 +574,21 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             save_checkpoint(folder, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
                             config=config, classes=classes, seconds=seconds, is_best=is_best, ema=ema)
             append_metrics(folder.path, record.to_dict())
-            status.update(epoch=epoch, best_val_acc=state.best_val_acc, val_acc=val_acc,
+            shown = max(config.epochs, epoch if pace is None or pace.finished else epoch + 1)
+            status.update(epoch=epoch, epochs=shown, best_val_acc=state.best_val_acc, val_acc=val_acc,
                           images_per_s=record.images_per_s, phase="training", seconds=round(seconds, 2),
                           steps_run=state.steps_run)
-            log(f"epoch {epoch}/{config.epochs} train_loss {train_loss:.4f} train_acc {train_acc:.4f} "
+            if pace is not None:  # the schedule ends with the time: at the guard, then the last evaluation
+                status.update(deadline=time.time() + pace.end - time.monotonic() + pace.eval_s)
+            log(f"epoch {epoch}/{shown} train_loss {train_loss:.4f} train_acc {train_acc:.4f} "
                 f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} {record.images_per_s:.0f} img/s")
         if config.patience and state.stale_epochs >= config.patience:
             break
-        if pace is not None and pace.finished and state.steps_run < total:
-            log(f"budget: stopping after {state.steps_run} of {total} planned steps, the time is up; the machine "
-                f"was slower than planned, and the schedule kept pace (it reached step {scheduler.last_epoch})")
+        if pace is not None and pace.finished:
+            if state.steps_run != total:
+                log(f"budget: {state.steps_run} steps run, {total} planned; the machine was "
+                    f"{'slower' if state.steps_run < total else 'faster'} than timed, and the schedule kept pace "
+                    f"(it reached step {scheduler.last_epoch} of {schedule_length(scheduler)})")
             break
 
     seconds = earlier_seconds + time.perf_counter() - started

