@@ -417,6 +417,7 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     resume = None if request.force else load_resume(folder)
 
     # A budget: the input size first (it decides what to decode), then the steps that fit.
+    preset_epochs = config.epochs  # a budget never trains longer than this, however fast the machine
     budget = read_budget(folder) if resume is not None and config.budgeted else None
     if config.budgeted and budget is None:
         if status is not None:
@@ -439,7 +440,6 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     inputs = load_inputs(plan, model, config=config, device=device, report=report)
     n_train = int(inputs.train_labels.shape[0])
     steps_per_epoch = max(1, n_train // config.batch_size) if n_train > config.batch_size else 1
-    preset_epochs = config.epochs  # a budget never trains longer than this, however fast the machine
     if config.steps:  # steps decide the length; the epochs follow (the last one may be partial)
         config = replace(config, epochs=math.ceil(config.steps / steps_per_epoch))
     if config.budgeted and budget is None:
@@ -552,6 +552,10 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
             observed = CHECKPOINT_SECONDS + time.perf_counter() - finish_started
             pace.eval_s = max(pace.eval_s, observed)
             pace.end = min(pace.end, guard(pace.eval_s))
+            # Time for another epoch? Without this check, an epoch could start past the guard and
+            # spend an evaluation on no step at all.
+            pace.check(scheduler, steps_done=state.steps_run + math.ceil(seen / config.batch_size),
+                       pass_seconds=0.0, ctx=ctx, device=device)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             # NaN or inf weights answer nothing: a failed run, not a finished one at chance.
             loss = train_loss if not math.isfinite(train_loss) else val_loss
@@ -597,6 +601,8 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
         status.update(state="done", phase=None, finished=now_iso(), seconds=round(seconds, 2),
                       epoch=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
                       steps_run=state.steps_run)
+        if pace is not None:  # the clock, not the plan, decided how many epochs ran
+            status.update(epochs=state.epoch)
     if ctx.active:
         torch.distributed.barrier()
     summary = None

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from speedsign import budget, job
+from speedsign import budget, job, train
 from speedsign.budget import BudgetPlan, check_fits, choose_size, format_duration, parse_duration, plan_steps
 from speedsign.cli import main as cli_main
 from speedsign.config import FAST_BUDGETS, LATER_DEFAULTS, TrainConfig, resolve_config
@@ -160,6 +161,8 @@ def test_a_budgeted_run_ends_within_its_budget_and_records_its_plan(synth_dir: P
     assert status.steps_run == result.budget["steps_run"] and 1 <= status.steps_run <= 50 * plan["steps_per_epoch"]
     assert plan["planned_s"] <= 25 and result.budget["elapsed_s"] <= 25
     assert rows[-1]["images"] == status.steps_run * 16  # every step a full batch
+    assert all(row["images"] > 0 for row in rows)  # no epoch starts past the guard to train nothing
+    assert all(later["images"] > row["images"] for row, later in zip(rows, rows[1:], strict=False))
     best = torch.load(folder.best, weights_only=True)
     assert best["config"]["steps"] == plan["steps"] and best["config"]["img_size"] == plan["img_size"]
     # Relaunching the same budget here is the cached run.
@@ -182,6 +185,31 @@ def test_an_optimistic_plan_still_stops_at_the_budget(synth_dir: Path, tmp_path:
     # ... and the schedule kept pace: it ended annealed, not cut off near its peak.
     rows, _ = read_metrics(result.run_dir)
     assert rows[-1]["lr"] < 0.01 * resolve_config(approach="scratch").lr
+
+
+def test_a_pessimistic_plan_trains_more_steps_and_uses_its_time(synth_dir: Path, tmp_path: Path, one_thread: None,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # A machine that got faster after timing: the plan holds a third of the steps that fit. The
+    # schedule stretches over the time instead of ending early, and still ends annealed.
+    real = job.plan_steps
+
+    def pessimistic(**k: float) -> tuple[int, float]:
+        steps, planned = real(**k)
+        return max(1, steps // 3), planned
+
+    monkeypatch.setattr(job, "plan_steps", pessimistic)
+    monkeypatch.setattr(train, "PACE_MIN_STEPS", 4)  # a 20 s run plans about 11 steps here
+    result = train_run(budgeted(synth_dir, tmp_path, 20, epochs=2000))
+    assert result.state == "done" and result.budget["elapsed_s"] <= 20
+    status = read_status(result.run_dir)
+    assert status.steps_run > 1.5 * status.planned_steps  # the time, not the short plan, ended it
+    err = capsys.readouterr().err
+    assert "faster than timed" in err
+    reached = re.search(r"reached step (\d+) of (\d+)", err)
+    assert reached and reached[1] == reached[2]  # the whole schedule ran: it ended annealed
+    rows, _ = read_metrics(result.run_dir)
+    assert status.epochs == status.epoch == len(rows)  # the page's "epoch n/m" grew with the run
 
 
 def one_cycle(length: int, lr: float = 0.1) -> torch.optim.lr_scheduler.OneCycleLR:
