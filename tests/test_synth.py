@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -445,12 +446,13 @@ def test_layout_names_and_counts(tmp_path: Path) -> None:
 
 
 def test_same_seed_renders_the_same_set(tmp_path: Path) -> None:
-    # 9 classes x 2 tracks = 18 jobs: enough for run_jobs to use the thread pool with 2 workers.
-    kwargs = dict(per_class=4, size=24, frames_per_track=2)
+    # 9 classes x 4 tracks = 36 jobs: enough for run_jobs to use worker processes with 2 workers.
+    kwargs = dict(per_class=8, size=24, frames_per_track=2)
+    assert 9 * 4 >= 4 * synth.RENDER_CHUNK
     a = read_tree(synth.render_dataset(tmp_path / "a", seed=5, workers=1, **kwargs).out)
     b = read_tree(synth.render_dataset(tmp_path / "b", seed=5, workers=2, **kwargs).out)
     c = read_tree(synth.render_dataset(tmp_path / "c", seed=6, workers=2, **kwargs).out)
-    assert len([k for k in a if k.endswith(".png")]) == 36
+    assert len([k for k in a if k.endswith(".png")]) == 72
     assert a == b  # PNGs, synth.json and README.txt
     assert a.keys() == c.keys()
     pngs = [k for k in a if k.endswith(".png")]
@@ -466,26 +468,39 @@ def test_output_does_not_depend_on_per_class(tmp_path: Path) -> None:
     assert all(big[k] == v for k, v in small.items() if k.endswith(".png"))
 
 
+# 9 classes x 4 tracks of one frame: 36 jobs, so that 2 workers are worker processes (forked:
+# they see what the test patched).
+MANY_JOBS = dict(per_class=4, size=16, frames_per_track=1)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("target", ["render_track", "render_job"])
+@pytest.mark.parametrize("failure", ["render", "write"])
 def test_failure_mid_render_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, target: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, failure: str
 ) -> None:
-    # Threads share the module, so the patched function is what the pool's workers call too.
-    real = getattr(synth, target)
-    calls = {"n": 0}
+    # The last class fails, so other tracks are written before it: in rendering, or in writing
+    # its PNGs (a full disk).
+    if failure == "render":
+        real = synth.render_track
 
-    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise RuntimeError("boom")
-        return real(*args, **kwargs)
+        def flaky(class_name: str, **kwargs):  # type: ignore[no-untyped-def]
+            if class_name == "speed_120":
+                raise RuntimeError("boom")
+            return real(class_name, **kwargs)
 
-    monkeypatch.setattr(synth, target, flaky)
+        monkeypatch.setattr(synth, "render_track", flaky)
+    else:
+        save = Image.Image.save
+
+        def full(self, fp, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if "speed_120" in str(fp):
+                raise OSError("boom: no space left on device")
+            return save(self, fp, *args, **kwargs)
+
+        monkeypatch.setattr(Image.Image, "save", full)
     out = tmp_path / "synth"
-    with pytest.raises(RuntimeError, match="boom"):
-        synth.render_dataset(out, per_class=4, size=16, frames_per_track=2, workers=workers)
-    assert calls["n"] > 5
+    with pytest.raises((RuntimeError, OSError), match="boom"):
+        synth.render_dataset(out, workers=workers, **MANY_JOBS)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -502,9 +517,23 @@ def test_failure_with_overwrite_keeps_old_set(
 
     monkeypatch.setattr(synth, "render_track", broken)
     with pytest.raises(KeyboardInterrupt):
-        synth.render_dataset(out, per_class=1, size=16, overwrite=True, workers=workers)
+        synth.render_dataset(out, overwrite=True, workers=workers, **MANY_JOBS)
     assert [p.name for p in tmp_path.iterdir()] == ["synth"]
     assert (out / "keep.txt").read_text() == "old"
+
+
+def test_an_interrupt_stops_the_workers_before_the_folder_is_removed(tmp_path: Path) -> None:
+    # Stopped at the first finished track (Ctrl-C, or a page that went away): the tracks not
+    # started are cancelled and the running ones finish first, so nothing is written afterwards.
+    def interrupt(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synth.render_dataset(tmp_path / "synth", workers=2, progress=interrupt,
+                             **{**MANY_JOBS, "per_class": 40})
+    assert list(tmp_path.iterdir()) == []
+    time.sleep(0.5)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_refuses_non_empty_out_unless_overwrite(tmp_path: Path) -> None:
