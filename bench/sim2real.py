@@ -140,7 +140,7 @@ def markdown(results: dict[str, Any]) -> str:
     data = results["data"]
     lines = [f"Measured with `{results['command']}` on {results['machine_text']}. "
              f"The default set: {data['images']:,} rendered signs ({data['per_class']} per class, "
-             f"{data['size']} px), rendered in {data['render_s']:.1f} s with {data['workers']} threads. "
+             f"{data['size']} px), rendered in {data['render_s']:.1f} s with {data['workers']} workers. "
              f"Scored on every real photo of `{results['real_name']}` ({results['real_n']:,} photos); "
              "no real photo was used for training or for choosing a checkpoint (synthetic val, by "
              "track). \"Untouched\": the 80% of real tracks that no measurement scored while the renderer "
