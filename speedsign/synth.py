@@ -643,13 +643,14 @@ def run_jobs(jobs: list[TrackJob], workers: int) -> Iterator[int]:
     """Images written per finished track, in the order of `jobs`.
 
     Worker processes where they fork (Linux): the calls are many and small (numpy and Pillow
-    on images of 12-64 px hold the GIL most of the time), so on 2 cores two threads rendered
-    the default set slower than one (37-40 s against 27-29 s for two processes, measured in
-    turns). Forked, not spawned: a spawned worker runs the parent's main script again, and in
-    the app that is the Streamlit page. The pool starts its workers before any thread of its
-    own, and a worker only renders and writes PNGs. Elsewhere, threads. On a failure or an
-    interrupt, the tracks not yet started are cancelled and the running ones waited for, so no
-    worker writes afterwards.
+    on images of 12-64 px hold the GIL most of the time), so on 2 cores two threads gain little
+    over one and sometimes lose. Measured in turns on an AVX2 EPYC (2,700 images, scaled to the
+    default set): two threads 37-40 s, one thread 43-54 s, two processes 26-29 s.
+    Forked, not spawned: a spawned worker runs the parent's main script again, and in the app
+    that is the Streamlit page. The pool starts its workers before any thread of its own, and
+    a worker only renders and writes PNGs. Elsewhere, threads. On a failure or an interrupt,
+    the tracks not yet started are cancelled and the running ones waited for, so no worker
+    writes afterwards.
     """
     if workers <= 1 or len(jobs) < 4 * RENDER_CHUNK:
         yield from map(render_job, jobs)
