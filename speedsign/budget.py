@@ -5,9 +5,9 @@ size (`choose_size`: the preset's, or a smaller one when the preset's would see 
 in the budget; with progressive resizing it times both ends instead, `mean_step_seconds`), then
 plans the steps that fit what is left once the data are loaded (`plan_steps`), evaluations and
 checkpoints included. The schedule is stretched over exactly
-those steps, and while the run trains it keeps pace with the clock (`speedsign.train.Pace`)
-when the machine turns out slower than timed. The plan is saved with the run (budget.json) so
-that a resumed run keeps it.
+those steps, and while the run trains it keeps pace with the clock (`speedsign.train.Pace`):
+it ends sooner on a machine slower than timed, later (up to the preset's epochs) on a faster
+one. The plan is saved with the run (budget.json) so that a resumed run keeps it.
 
 A budget is part of a run's identity together with this machine (`machine.machine_key`): the
 same budget buys different steps on another CPU, so it is another run, and relaunching the same

@@ -579,11 +579,11 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
                             config=config, classes=classes, seconds=seconds, is_best=is_best, ema=ema)
             append_metrics(folder.path, record.to_dict())
             shown = max(config.epochs, epoch if pace is None or pace.finished else epoch + 1)
+            # Under a budget the schedule ends with the time: at the guard, then the last evaluation.
+            deadline = {} if pace is None else {"deadline": time.time() + pace.end - time.monotonic() + pace.eval_s}
             status.update(epoch=epoch, epochs=shown, best_val_acc=state.best_val_acc, val_acc=val_acc,
                           images_per_s=record.images_per_s, phase="training", seconds=round(seconds, 2),
-                          steps_run=state.steps_run)
-            if pace is not None:  # the schedule ends with the time: at the guard, then the last evaluation
-                status.update(deadline=time.time() + pace.end - time.monotonic() + pace.eval_s)
+                          steps_run=state.steps_run, **deadline)
             log(f"epoch {epoch}/{shown} train_loss {train_loss:.4f} train_acc {train_acc:.4f} "
                 f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} {record.images_per_s:.0f} img/s")
         if config.patience and state.stale_epochs >= config.patience:
@@ -598,11 +598,11 @@ def train(request: TrainRequest, plan: RunPlan, ctx: Distributed, *, device: tor
     seconds = earlier_seconds + time.perf_counter() - started
     if ctx.is_main:
         save_predictions(folder, inputs, classes=classes, config=config, device=device)
+        # Under a budget the clock, not the plan, decided how many epochs ran.
+        ran = {} if pace is None else {"epochs": state.epoch}
         status.update(state="done", phase=None, finished=now_iso(), seconds=round(seconds, 2),
                       epoch=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
-                      steps_run=state.steps_run)
-        if pace is not None:  # the clock, not the plan, decided how many epochs ran
-            status.update(epochs=state.epoch)
+                      steps_run=state.steps_run, **ran)
     if ctx.active:
         torch.distributed.barrier()
     summary = None
