@@ -13,6 +13,7 @@ from speedsign.data import DatasetIndex, image_sizes
 from speedsign.errors import UserError
 from speedsign.leaks import find_leaks
 from speedsign.storage import default_data_dir
+from speedsign.synth import DEFAULT_FRAMES_PER_TRACK
 
 Progress = Callable[[int, int], None]
 Work = Callable[[Progress], tuple[Path, str]]
@@ -170,7 +171,8 @@ if ui.can_write():
     synth_tab, gtsrb_tab, upload_tab, folder_tab = st.tabs(
         ["Synthetic signs", "GTSRB import", "Upload a zip", "Folder on the server"])
     with synth_tab:
-        st.caption("Renders German speed-limit signs as a dash camera sees them (9 classes, tracks of 5 frames).")
+        st.caption("Renders German speed-limit signs as a dash camera sees them "
+                   f"(9 classes, tracks of {DEFAULT_FRAMES_PER_TRACK} frames).")
         left, middle, right = st.columns(3)
         per_class = left.number_input("Images per class", 10, 5000, datasets.FIRST_RUN_PER_CLASS, step=50)
         sizes = [32, 48, 64, 96, 128]

@@ -56,7 +56,7 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from speedsign.synth import render_dataset
 
     out = tmp_path_factory.mktemp("data") / "synth"
-    render_dataset(out, per_class=20, seed=0, size=32)
+    render_dataset(out, per_class=20, seed=0, size=32, frames_per_track=5)
     return out
 
 
