@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--real", type=Path, default=REAL_DEFAULT, help="folder of real photos to score on")
     parser.add_argument("--work", type=Path, default=Path("/tmp/speedsign-sim2real"))
     parser.add_argument("--per-class", type=int, default=synth.DEFAULT_PER_CLASS)
+    parser.add_argument("--frames-per-track", type=int, default=synth.DEFAULT_FRAMES_PER_TRACK)
+    parser.add_argument("--render-seed", type=int, default=0, help="seed of the rendered set")
     parser.add_argument("--weights", help="backbone for finetune and frozen (run:ID or a file); "
                                           "without it only scratch trains offline")
     parser.add_argument("--approaches", default="scratch,finetune,frozen")
@@ -76,11 +78,13 @@ def save_faces_picture(real: Path, out: Path) -> None:
     Image.fromarray(face_sheet(face_rows(tuning, per_class=5))).save(out, optimize=True)
 
 
-def render(out: Path, per_class: int) -> dict[str, Any]:
-    """The default set, as first start renders it, timed."""
-    report = synth.render_dataset(out, per_class=per_class, overwrite=True)
-    return {"images": report.n_images, "per_class": per_class, "size": report.size,
-            "render_s": report.seconds, "workers": synth.default_workers()}
+def render(out: Path, per_class: int, frames_per_track: int = synth.DEFAULT_FRAMES_PER_TRACK,
+           seed: int = 0) -> dict[str, Any]:
+    """The default set, as first start renders it (unless told otherwise), timed."""
+    report = synth.render_dataset(out, per_class=per_class, frames_per_track=frames_per_track, seed=seed,
+                                  overwrite=True)
+    return {"images": report.n_images, "per_class": per_class, "frames_per_track": frames_per_track,
+            "seed": seed, "size": report.size, "render_s": report.seconds, "workers": synth.default_workers()}
 
 
 def train(approach: str, data: Path, runs: Path, *, weights: str | None, extra: list[str]) -> dict[str, Any]:
@@ -135,12 +139,17 @@ def percent(part: dict[str, Any]) -> str:
     return f"{100 * part['accuracy']:.1f}% ({100 * low:.1f}-{100 * high:.1f}%)"
 
 
+def tracks(data: dict[str, Any]) -> str:
+    """'in tracks of 2 frames, ' where the run recorded it (older runs did not)."""
+    return f"in tracks of {data['frames_per_track']} frames, " if "frames_per_track" in data else ""
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The section for README.md and docs/benchmarks.md."""
     data = results["data"]
     lines = [f"Measured with `{results['command']}` on {results['machine_text']}. "
-             f"The default set: {data['images']:,} rendered signs ({data['per_class']} per class, "
-             f"{data['size']} px), rendered in {data['render_s']:.1f} s with {data['workers']} workers. "
+             f"The default set: {data['images']:,} rendered images ({data['per_class']} per class, "
+             f"{tracks(data)}{data['size']} px), rendered in {data['render_s']:.1f} s with {data['workers']} workers. "
              f"Scored on every real photo of `{results['real_name']}` ({results['real_n']:,} photos); "
              "no real photo was used for training or for choosing a checkpoint (synthetic val, by "
              "track). \"Untouched\": the 80% of real tracks that no measurement scored while the renderer "
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "bench.sim2real", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(torch.device("cpu")), "real_name": args.real.name,
         "real_n": sum(len(v) for v in scan_dataset(args.real).splits.values()),
-        "data": render(data, args.per_class), "approaches": [],
+        "data": render(data, args.per_class, args.frames_per_track, args.render_seed), "approaches": [],
     }
     results["machine_text"] = describe_machine(results["machine"])
     print(f"rendered {results['data']['images']} images in {results['data']['render_s']:.1f} s", flush=True)
