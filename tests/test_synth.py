@@ -322,6 +322,17 @@ def test_render_sign_size_and_mode(class_name: str, size: int) -> None:
     assert image.size == (size, size)
 
 
+def test_faces_are_warped_from_a_side_larger_than_any_sign() -> None:
+    # Every frame must shrink (area resampling) from the warped face, never enlarge it.
+    for settings in (synth.DEFAULT_SETTINGS, CUSTOM, synth.RenderSettings(sign_px=(20, 100))):
+        side = synth.warp_side(settings)
+        largest = max(settings.sign_px[1], settings.small_px[1])
+        assert side >= min(synth.FACE_PX, largest * 4 / 3) and side <= synth.FACE_PX
+        assert synth.working_face("speed_30", 0, settings).size == (side, side)
+    assert synth.warp_side(synth.DEFAULT_SETTINGS) == 64  # 48 px signs at most: a quarter of 128's cost
+    assert synth.warp_side(synth.RenderSettings(sign_px=(20, 100))) == synth.FACE_PX
+
+
 def test_default_size_is_gtsrb_32() -> None:
     assert synth.DEFAULT_SIZE == 32
     assert render_one("speed_50", rng=np.random.default_rng(0)).size == (32, 32)
