@@ -49,8 +49,19 @@ def test_publish_then_load_gives_the_runs_probabilities(approach: str, published
     stored = np.load(RunDir(published[approach]).predictions)
     assert np.allclose(stored["probs"], bundle_probs, atol=1e-5)
     manifest = bundles.read_manifest(published[approach])
-    assert abs(manifest["accuracy_change_points"]) <= bundles.MAX_ACCURACY_CHANGE_POINTS
+    change = 100 * ((bundle_probs.argmax(1) == labels).mean() - (run_probs.argmax(1) == labels).mean())
+    assert manifest["accuracy_change_points"] == pytest.approx(change, abs=1e-3)
     assert manifest["source_run"] == runs_with_results[approach].name
+
+
+def test_publishing_refuses_weights_whose_int8_accuracy_moves_past_the_limit(
+        runs_with_results: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Any change, even none, is past a negative limit: the gate runs on every publish.
+    monkeypatch.setattr(bundles, "MAX_ACCURACY_CHANGE_POINTS", -1.0)
+    out = tmp_path / "models"
+    with pytest.raises(UserError, match="int8 weights change val accuracy by .* not published"):
+        bundles.publish_run(runs_with_results["scratch"], out_dir=out, name="refused")
+    assert not out.exists() or not any(out.iterdir())  # neither the bundle nor its staging folder
 
 
 @pytest.mark.parametrize("approach", APPROACHES)
@@ -202,7 +213,9 @@ def test_publish_refuses_a_run_that_is_not_finished(runs_with_results: dict[str,
 
 
 def test_publish_with_force_replaces_a_bundle_whole(runs_with_results: dict[str, Path], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bundles, "MAX_ACCURACY_CHANGE_POINTS", 100.0)  # a tiny near-chance model (conftest)
     out = tmp_path / "models"
     run = str(runs_with_results["frozen"])
     assert cli.main(["publish", run, "--out", str(out), "--name", "again", "--json"]) == 0
