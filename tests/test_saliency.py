@@ -143,7 +143,9 @@ def test_saliency_resolves_a_16_px_run_whose_last_block_is_one_cell(runs_with_re
     image = predictor.load_tensor(max(first, key=lambda path: np.asarray(Image.open(path)).mean()))
     assert np.ptp(grad_cam(predictor, image)) < 1e-3  # layer4 is 1x1 at 16 px: one flat cell
     heat = saliency_map(predictor, image)
-    assert np.ptp(heat) > 0.5 and len(np.unique(heat.round(3))) > 50
+    # Pixel-level, not cells: a map of 4x4 blocks (or coarser) has at most 16 levels. The count
+    # depends on how concentrated the heat is (most pixels of a small sign are near 0).
+    assert np.ptp(heat) > 0.5 and len(np.unique(heat.round(3))) > 16
 
 
 @pytest.mark.parametrize("approach", APPROACHES)
