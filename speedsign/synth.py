@@ -54,9 +54,10 @@ FACE_PX = 128  # side of the flat sign face before it is warped and shrunk
 _SUPERSAMPLE = 3  # faces are drawn at 3x and reduced once: smooth edges without a font
 INFO_NAME = "synth.json"
 # The default set, rendered on first start: 27,000 images at GTSRB's 32 px in tracks of 2 frames
-# (13,500 physical signs), in 20-30 s on 2 cores. Within the same training time, more signs read
-# more real photos: on the tuning tracks, 1,500 a class in tracks of 5 read 88.8%, 3,000 in
-# tracks of 5 91.8%, 3,000 in tracks of 2 93.1% (docs/benchmarks.md, "Synthetic to real").
+# (13,500 physical signs), in 16-22 s on 2 cores. Within the same training time, more signs
+# read more real photos: on the tuning tracks, 1,500 a class in tracks of 5 read 88.8%, 3,000
+# in tracks of 5 91.8%, 3,000 in tracks of 2 93.1% (README, "Synthetic signs that read real
+# photos", has every run and how far identical runs spread).
 DEFAULT_PER_CLASS = 3000
 DEFAULT_FRAMES_PER_TRACK = 2
 DEFAULT_SIZE = 32
