@@ -98,19 +98,26 @@ def runs_with_results(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path,
 
 @pytest.fixture(scope="session")
 def published_models(runs_with_results: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every tiny run published into one models folder (bundles named tiny-<approach>): {approach: bundle}.
+    """Every tiny run published into one models folder (bundles named tiny-<approach>): {approach: bundle}."""
+    from speedsign.bundles import publish_run
 
-    The tiny models are near chance on 45 val images, where int8 can flip a near-tie and one
-    flip is 2.2 points: the accuracy gate is lifted here (test_bundles tests the gate itself).
-    """
+    out = tmp_path_factory.mktemp("models")
+    with int8_gate_lifted():
+        return {approach: publish_run(run_dir, out_dir=out, name=f"tiny-{approach}").path
+                for approach, run_dir in runs_with_results.items()}
+
+
+@contextmanager
+def int8_gate_lifted() -> Iterator[None]:
+    """Publishing without the int8 accuracy gate, for the tiny runs only: they are near chance on
+    45 val images, where int8 can flip a near-tie and one flip is 2.2 points (test_bundles tests
+    the gate itself)."""
     from unittest import mock
 
     from speedsign import bundles
 
-    out = tmp_path_factory.mktemp("models")
     with mock.patch.object(bundles, "MAX_ACCURACY_CHANGE_POINTS", 100.0):
-        return {approach: bundles.publish_run(run_dir, out_dir=out, name=f"tiny-{approach}").path
-                for approach, run_dir in runs_with_results.items()}
+        yield
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from speedsign.models import file_sha256
 from speedsign.predict import Predictor, evaluate_split
 from speedsign.runs import RunDir, inspect_run
 
-from conftest import APPROACHES
+from conftest import APPROACHES, int8_gate_lifted
 
 # int8 per-channel weights move a probability by far less than this on the tiny test models
 # (measured: at most ~0.01); the 12 MB and 0.1-point limits are checked by publish itself.
@@ -213,15 +213,14 @@ def test_publish_refuses_a_run_that_is_not_finished(runs_with_results: dict[str,
 
 
 def test_publish_with_force_replaces_a_bundle_whole(runs_with_results: dict[str, Path], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bundles, "MAX_ACCURACY_CHANGE_POINTS", 100.0)  # a tiny near-chance model (conftest)
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "models"
     run = str(runs_with_results["frozen"])
-    assert cli.main(["publish", run, "--out", str(out), "--name", "again", "--json"]) == 0
-    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert first["bundles"][0]["name"] == "again" and first["total_mb"] > 0
-    assert cli.main(["publish", run, "--out", str(out), "--name", "again", "--force"]) == 0
+    with int8_gate_lifted():
+        assert cli.main(["publish", run, "--out", str(out), "--name", "again", "--json"]) == 0
+        first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert first["bundles"][0]["name"] == "again" and first["total_mb"] > 0
+        assert cli.main(["publish", run, "--out", str(out), "--name", "again", "--force"]) == 0
     assert [p.name for p in out.iterdir()] == ["again"]  # no staging folder left behind
     assert bundles.inspect_bundle(out / "again").damaged is None
 
